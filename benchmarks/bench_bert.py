@@ -1,0 +1,361 @@
+#!/usr/bin/env python3
+"""BERT-Large on one GPU: HuggingFace baselines and our padding-free encoder in the same run, plus the
+correctness gate, printed as a short table and written as JSON.
+
+    python benchmarks/bench_bert.py --out gpu_out/bert.json [--no-compile] [--tiny]
+
+Variants (random seeded BertForSequenceClassification weights, classify head, batches already on the GPU):
+    hf-fp32-eager     HF fp32, eager attention, TF32 off (small batch; also the correctness reference)
+    hf-fp16-sdpa      HF fp16, SDPA attention, padded batch + attention_mask (the baseline of the targets)
+    ours-eager        our encoder, packed tokens, varlen attention + Triton epilogues, plain eager launches
+    ours-graphs       the same replayed from CUDA graphs (packed-token buckets, 256 slots, max_seqlen 512)
+    ours-e2e          ours-graphs plus host packing, the H2D copy and the D2H copy (what the handler pays)
+    ours-compiled     torch.compile(dynamic=True) of the encoder (Inductor fuses the epilogues) in CUDA graphs
+Scenarios: fixed length 128 x batch 256, fixed 384 x 64, uniform lengths 16..128 x 256.
+Correctness (mixed-length padded batches): max and mean |ours fp16 - HF fp32| over valid tokens of the last
+hidden state must be <= 3x the same for HF fp16; class probabilities likewise; the CUDA-graph layout (pad tokens,
+empty slots) must agree with the exact layout. JSON is rewritten after every section, so a run cut short
+still leaves its results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from handlers.text.attention import select_attention  # noqa: E402
+from handlers.text.fused_ops import TorchOps, select_ops  # noqa: E402
+from handlers.text.graphs import CudaGraphRunner  # noqa: E402
+from handlers.text.packing import pack_chunks, plan_chunks, view_segment  # noqa: E402
+from handlers.text.reference import (  # noqa: E402
+    bert_config,
+    hf_forward,
+    max_error,
+    ours_forward,
+    packed_batch,
+    packed_from_hf,
+    padded_batch,
+    random_hf_classifier,
+    random_sequences,
+)
+
+SEQ_SLOTS, MAX_TOKENS, MAX_SEQLEN = 256, 32768, 512  # the handler's defaults (archiver_configs/bert_large.yaml)
+TINY = dict(vocab_size=3000, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128)
+TARGETS = {"fixed128x256": 7000.0, "fixed384x64": 2200.0}  # seq/s; mixed: 2.5x hf-fp16-sdpa
+MIXED_TARGET_SPEEDUP = 2.5
+
+
+def log(msg: str) -> None:
+    print(f"[bench_bert {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def scenario_lengths(name: str, seed: int = 0) -> list[int]:
+    rng = random.Random(seed)
+    return {
+        "fixed128x256": [128] * 256,
+        "fixed384x64": [384] * 64,
+        "mixed16-128x256": [rng.randint(16, 128) for _ in range(256)],
+    }[name]
+
+
+class Timer:
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+
+    def sync(self):
+        if self.cuda:
+            torch.cuda.synchronize()
+
+    def ms(self, fn, iters: int, warmup: int = 3) -> float:
+        """Mean milliseconds per call over ``iters`` calls after ``warmup`` calls (events on GPU)."""
+        for _ in range(warmup):
+            fn()
+        self.sync()
+        if self.cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            for _ in range(iters):
+                fn()
+            end.record()
+            end.synchronize()
+            return start.elapsed_time(end) / iters
+        t0 = time.perf_counter()
+        for _ in range(iters):
+            fn()
+        return (time.perf_counter() - t0) * 1000 / iters
+
+    def wall_ms(self, fn, iters: int, warmup: int = 2) -> float:
+        """Wall-clock ms per call, for calls that end in their own host sync."""
+        for _ in range(warmup):
+            fn()
+        t0 = time.perf_counter()
+        for _ in range(iters):
+            fn()
+        return (time.perf_counter() - t0) * 1000 / iters
+
+
+def graph_segment(ids, types, device):
+    (chunk,) = plan_chunks([len(i) for i in ids], SEQ_SLOTS, MAX_TOKENS, bucketed=True, fixed_max_seqlen=MAX_SEQLEN)
+    return pack_chunks(ids, types, [chunk]).to(device), chunk
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile variant")
+    parser.add_argument("--tiny", action="store_true", help="a tiny config (CPU smoke test of this script)")
+    parser.add_argument("--iters", type=int, default=20)
+    args = parser.parse_args()
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type != "cuda" and not args.tiny:
+        log("no CUDA device: use --tiny for a CPU smoke run")
+        return 2
+    torch.backends.cuda.matmul.allow_tf32 = False  # a true fp32 reference
+    torch.backends.cudnn.allow_tf32 = False
+    dtype = torch.float16 if device.type == "cuda" else torch.float32
+    timer = Timer(device)
+    iters = 2 if args.tiny else args.iters
+
+    import transformers
+
+    report: dict = {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "dtype": str(dtype).removeprefix("torch."),
+        "config": "tiny" if args.tiny else "bert-large (24x1024, 16 heads, vocab 30522), random weights seed 0",
+        "results": [],
+        "correctness": [],
+    }
+    try:
+        import triton
+
+        report["triton"] = triton.__version__
+    except ImportError:
+        report["triton"] = None
+
+    def save():
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=1))
+
+    # ------------------------------------------------------------------------------------------ models
+    t0 = time.time()
+    config = bert_config(num_labels=2, **(TINY if args.tiny else {}))
+    hf32 = random_hf_classifier(config, seed=0, attn_implementation="eager").to(device)
+    from transformers import AutoModelForSequenceClassification
+
+    with torch.device(device):
+        hf16 = AutoModelForSequenceClassification.from_config(config, attn_implementation="sdpa")
+    hf16.load_state_dict(hf32.state_dict())
+    hf16 = hf16.to(dtype).eval()
+    head_dim = config.hidden_size // config.num_attention_heads
+    attention, why_attention = select_attention("auto", device, dtype, head_dim)
+    ops, why_ops = select_ops("auto", device, compiled=False)
+    ours = packed_from_hf(hf16, head="classify", attention=attention, ops=ops)
+    graphs = CudaGraphRunner(ours, device, SEQ_SLOTS, MAX_SEQLEN) if device.type == "cuda" else None
+    report["ours"] = {"attention": why_attention, "fusion": why_ops, "cuda_graphs": graphs is not None}
+    log(f"models ready in {time.time() - t0:.1f} s on {report['device']}: {report['ours']}")
+    save()
+
+    # ------------------------------------------------------------------------------------------ correctness
+    def check(name: str, lengths: list[int], variants: dict) -> None:
+        ids, types = random_sequences(lengths, config.vocab_size, seed=len(lengths))
+        input_ids, token_types, mask = padded_batch(ids, types, device=device)
+        ref_hidden, ref_probs = hf_forward(hf32, input_ids, token_types, mask)
+        hf_hidden, hf_probs = hf_forward(hf16, input_ids, token_types, mask)
+        hidden, probs = ours_forward(ours, packed_batch(ids, types, device=device), len(ids))
+        valid = mask.bool()
+
+        def mean_err(a, b):
+            return float((a.float() - b.float()).abs()[valid].mean())
+
+        row = {
+            "batch": name,
+            "lengths": f"{min(lengths)}..{max(lengths)} x {len(lengths)}",
+            "hf_fp16_hidden_max_err": max_error(hf_hidden, ref_hidden, mask),
+            "hf_fp16_hidden_mean_err": mean_err(hf_hidden, ref_hidden),
+            "hf_fp16_probs_max_err": max_error(hf_probs, ref_probs),
+            "ours_hidden_max_err": max_error(hidden, ref_hidden, mask),
+            "ours_hidden_mean_err": mean_err(hidden, ref_hidden),
+            "ours_probs_max_err": max_error(probs, ref_probs),
+            "ours_padding_is_zero": bool(torch.all(hidden[~valid] == 0)),
+        }
+        floor = 1e-4  # probabilities of random weights sit near 1/labels: don't gate on fp16 noise below this
+        ok = (
+            row["ours_hidden_max_err"] <= 3 * row["hf_fp16_hidden_max_err"]
+            and row["ours_hidden_mean_err"] <= 3 * row["hf_fp16_hidden_mean_err"]
+            and row["ours_probs_max_err"] <= 3 * max(row["hf_fp16_probs_max_err"], floor)
+            and row["ours_padding_is_zero"]
+        )
+        for variant, fn in variants.items():
+            other = fn(ids, types)[: len(ids)]
+            row[f"{variant}_probs_max_err"] = max_error(other, ref_probs)
+            row[f"{variant}_vs_eager_probs"] = max_error(other, probs)
+            ok = ok and row[f"{variant}_probs_max_err"] <= 3 * max(row["hf_fp16_probs_max_err"], floor)
+        alone = ours_forward(ours, packed_batch([ids[1]], [types[1]], device=device), 1)[1]
+        row["alone_vs_batched_probs"] = max_error(alone[0], probs[1])
+        row["pass"] = bool(ok)
+        report["correctness"].append(row)
+        log(f"correctness {name}: {json.dumps(row)}")
+        save()
+
+    def run_graphs(runner):
+        def fn(ids, types):
+            segment, chunk = graph_segment(ids, types, device)
+            return runner(segment, chunk.num_tokens)
+
+        return fn
+
+    rng = random.Random(1)
+    correctness_batches = {
+        "mixed16-128x64": [rng.randint(16, 128) for _ in range(64)],
+        "mixed32-384x16": [rng.randint(32, 384) for _ in range(16)],
+    }
+    if graphs is not None:
+        try:  # a failing capture must not cost the rest of the run
+            run_graphs(graphs)(*random_sequences([5, 9], config.vocab_size))
+        except Exception as exc:  # noqa: BLE001
+            report["ours"]["cuda_graphs"] = f"failed: {type(exc).__name__}: {exc}"
+            log(f"CUDA graphs disabled: {report['ours']['cuda_graphs']}")
+            graphs = None
+    graph_variants = {"ours-graphs": run_graphs(graphs)} if graphs else {}
+    for name, lengths in correctness_batches.items():
+        if args.tiny:
+            lengths = [min(n, 64) for n in lengths[:8]]
+        check(name, lengths, graph_variants)
+
+    # ------------------------------------------------------------------------------------------ throughput
+    hf_fp16_ms: dict[str, float] = {}
+
+    def record(variant: str, scenario: str, lengths: list[int], ms: float, padded_to: int | None = None):
+        row = {
+            "variant": variant,
+            "scenario": scenario,
+            "batch": len(lengths),
+            "lengths": f"{min(lengths)}..{max(lengths)}" if min(lengths) != max(lengths) else str(lengths[0]),
+            "tokens": sum(lengths),
+            "padded_tokens": padded_to,
+            "ms_per_batch": round(ms, 3),
+            "seq_per_s": round(len(lengths) / ms * 1000, 1),
+        }
+        if scenario in hf_fp16_ms and variant != "hf-fp16-sdpa":
+            row["speedup_vs_hf_fp16_sdpa"] = round(hf_fp16_ms[scenario] / ms, 3)
+        report["results"].append(row)
+        log(f"{variant:16s} {scenario:16s} {row['seq_per_s']:>9.1f} seq/s  {ms:8.2f} ms/batch")
+        save()
+
+    scenarios = ["fixed128x256", "fixed384x64", "mixed16-128x256"]
+    batches = {}
+    for scenario in scenarios:
+        lengths = scenario_lengths(scenario)
+        if args.tiny:
+            lengths = [min(n, 64) for n in lengths[:16]]
+        ids, types = random_sequences(lengths, config.vocab_size, seed=7)
+        batches[scenario] = (lengths, ids, types)
+
+    with torch.inference_mode():
+        for scenario in ("fixed128x256", "mixed16-128x256"):  # fp32 eager at batch 32 (memory and time)
+            lengths, ids, types = batches[scenario]
+            small = padded_batch(ids[:32], types[:32], device=device)
+            ms = timer.ms(lambda: hf32(input_ids=small[0], token_type_ids=small[1], attention_mask=small[2]), max(2, iters // 4), 1)
+            record("hf-fp32-eager", scenario, lengths[:32], ms, small[0].numel())
+        for scenario in scenarios:
+            lengths, ids, types = batches[scenario]
+            inputs = padded_batch(ids, types, device=device)
+            ms = timer.ms(lambda: hf16(input_ids=inputs[0], token_type_ids=inputs[1], attention_mask=inputs[2]), iters)
+            hf_fp16_ms[scenario] = ms
+            record("hf-fp16-sdpa", scenario, lengths, ms, inputs[0].numel())
+            exact = packed_batch(ids, types, device=device)
+            record("ours-eager", scenario, lengths, timer.ms(lambda: ours(exact), iters), exact.num_tokens)
+            if graphs is None:
+                continue
+            segment, chunk = graph_segment(ids, types, device)
+            record("ours-graphs", scenario, lengths, timer.ms(lambda: graphs(segment, chunk.num_tokens), iters), chunk.num_tokens)
+
+            def end_to_end():
+                host = pack_chunks(ids, types, [chunk], pin_memory=True)
+                return graphs(host.to(device, non_blocking=True), chunk.num_tokens).cpu()
+
+            record("ours-e2e", scenario, lengths, timer.wall_ms(end_to_end, iters), chunk.num_tokens)
+        report["targets"] = targets(report)
+        save()
+        print_table(report)
+
+        # -------------------------------------------------------------------------------------- compiled
+        if args.no_compile or graphs is None:
+            return 0 if all(r["pass"] for r in report["correctness"]) else 1
+        t0 = time.time()
+        ours_c = packed_from_hf(hf16, head="classify", attention=attention, ops=TorchOps())
+        compiled = torch.compile(ours_c, dynamic=True)
+        graphs_c = CudaGraphRunner(compiled, device, SEQ_SLOTS, MAX_SEQLEN)
+        lengths, ids, types = batches["fixed128x256"]
+        segment, chunk = graph_segment(ids, types, device)
+        try:
+            graphs_c(segment, chunk.num_tokens)
+        except Exception as exc:  # noqa: BLE001
+            report["compile_error"] = f"{type(exc).__name__}: {exc}"[:2000]
+            log(f"compiled variant failed: {report['compile_error']}")
+            save()
+            return 0 if all(r["pass"] for r in report["correctness"]) else 1
+        report["compile_s"] = round(time.time() - t0, 1)
+        log(f"torch.compile + first graph capture: {report['compile_s']} s")
+        save()
+        for name, lengths_c in correctness_batches.items():
+            check(f"{name} (compiled)", lengths_c, {"ours-compiled": run_graphs(graphs_c)})
+        for scenario in scenarios:
+            lengths, ids, types = batches[scenario]
+            segment, chunk = graph_segment(ids, types, device)
+            record("ours-compiled", scenario, lengths, timer.ms(lambda: graphs_c(segment, chunk.num_tokens), iters), chunk.num_tokens)
+    report["targets"] = targets(report)
+    save()
+    print_table(report)
+    return 0 if all(r["pass"] for r in report["correctness"]) else 1
+
+
+def targets(report: dict) -> dict:
+    best: dict[str, float] = {}
+    hf: dict[str, float] = {}
+    for row in report["results"]:
+        if row["variant"].startswith("ours") and row["variant"] != "ours-e2e":
+            best[row["scenario"]] = max(best.get(row["scenario"], 0.0), row["seq_per_s"])
+        if row["variant"] == "hf-fp16-sdpa":
+            hf[row["scenario"]] = row["seq_per_s"]
+    out = {}
+    for scenario, goal in TARGETS.items():
+        if scenario in best:
+            out[scenario] = {"best_seq_per_s": best[scenario], "target": goal, "met": best[scenario] >= goal}
+    mixed = "mixed16-128x256"
+    if mixed in best and mixed in hf:
+        speedup = best[mixed] / hf[mixed]
+        out[mixed] = {"best_speedup_vs_hf_fp16": round(speedup, 3), "target": MIXED_TARGET_SPEEDUP,
+                      "met": speedup >= MIXED_TARGET_SPEEDUP}
+    return out
+
+
+def print_table(report: dict) -> None:
+    print(f"\nBERT on {report['device']} (torch {report['torch']}, transformers {report['transformers']})")
+    print(f"ours: {report.get('ours')}")
+    print(f"{'variant':16s} {'scenario':16s} {'batch':>5s} {'seq/s':>9s} {'ms/batch':>9s} {'vs HF fp16':>10s}")
+    for r in report["results"]:
+        speedup = r.get("speedup_vs_hf_fp16_sdpa")
+        print(f"{r['variant']:16s} {r['scenario']:16s} {r['batch']:5d} {r['seq_per_s']:9.1f} {r['ms_per_batch']:9.2f} "
+              f"{(f'{speedup:.2f}x' if speedup else ''):>10s}")
+    for c in report["correctness"]:
+        print(f"correctness {c['batch']:28s} pass={c['pass']}  ours max/mean {c['ours_hidden_max_err']:.2e}/"
+              f"{c['ours_hidden_mean_err']:.2e}  hf16 max/mean {c['hf_fp16_hidden_max_err']:.2e}/{c['hf_fp16_hidden_mean_err']:.2e}")
+    for scenario, t in report.get("targets", {}).items():
+        print(f"target {scenario}: {t}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,54 @@
+"""The two memory-bound epilogues of a BERT layer, behind one small interface.
+
+``bias_gelu(x, bias)``: GELU(x + bias), exact (erf) GELU as BERT uses.
+``bias_residual_layernorm(x, bias, residual, norm)``: LayerNorm(x + bias + residual).
+
+Both take ``x``: (T, N) straight out of a bias-free ``F.linear`` and may overwrite it.
+
+* ``TorchOps``: the reference formulas. Under ``torch.compile`` Inductor fuses each into one kernel; in plain
+  eager mode they run as 2-3 kernels each (the slow path, used on CPU).
+* ``TritonOps`` (handlers/text/triton_ops.py): one hand-written Triton kernel each, for eager GPU runs and
+  CUDA graphs; tested against ``TorchOps`` on CPU through Triton's interpreter.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class TorchOps:
+    name = "torch"
+
+    @staticmethod
+    def bias_gelu(x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        return F.gelu(x + bias)
+
+    @staticmethod
+    def bias_residual_layernorm(
+        x: torch.Tensor, bias: torch.Tensor, residual: torch.Tensor, norm: nn.LayerNorm
+    ) -> torch.Tensor:
+        return F.layer_norm(x + bias + residual, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
+
+
+def select_ops(preference: str, device: torch.device, compiled: bool):
+    """Returns ``(ops, reason)``; ``preference`` is ``auto``, ``triton`` or ``torch``.
+
+    Under torch.compile the reference formulas are used and Inductor generates the fused kernels.
+    """
+    if preference == "torch":
+        return TorchOps(), "torch: asked for in config"
+    if compiled and preference == "auto":
+        return TorchOps(), "torch formulas, fused by Inductor (torch.compile)"
+    if torch.device(device).type != "cuda":
+        if preference == "triton":
+            raise RuntimeError(f"fusion=triton asked for, but the device is {device}")
+        return TorchOps(), f"torch (unfused): no Triton on {device}"
+    try:
+        from handlers.text.triton_ops import TritonOps
+    except ImportError as exc:
+        if preference == "triton":
+            raise RuntimeError(f"fusion=triton asked for, but triton does not import: {exc}") from exc
+        return TorchOps(), f"torch (unfused): triton does not import ({exc})"
+    return TritonOps(), "triton: bias+GELU and bias+residual+LayerNorm kernels"

@@ -1,0 +1,42 @@
+"""The BERT handler's options: the ``handler:`` section of model-config.yaml, read once at ``initialize``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from handlers.config import ConfigError
+
+
+@dataclass(frozen=True)
+class BertOptions:
+    # What to answer: class probabilities (needs a classifier in the checkpoint) or sentence embeddings.
+    task: Literal["classify", "embed"] = "classify"
+    pooling: Literal["cls", "mean"] = "cls"  # embed: [CLS] hidden state or mean over tokens
+    normalize: bool = False  # embed: L2-normalize
+    # Tokens per text after truncation ([CLS]/[SEP] included); 0 = the model's max_position_embeddings.
+    max_length: int = 0
+    # Request limits (a request over them gets a 4xx of its own).
+    max_items_per_request: int = 64
+    max_text_chars: int = 100_000
+    # One encoder call runs at most this many sequences / packed tokens; bigger batches run in chunks.
+    max_batch_sequences: int = 256
+    max_batch_tokens: int = 32768
+    # Execution.
+    dtype: Literal["auto", "float16", "bfloat16", "float32"] = "auto"  # auto: fp16 on GPU, fp32 on CPU
+    attention: Literal["auto", "varlen", "sdpa"] = "auto"
+    fusion: Literal["auto", "triton", "torch"] = "auto"
+    compile: bool = False  # torch.compile the encoder (Inductor fuses the epilogues)
+    cuda_graphs: bool = True  # GPU only: one graph per packed-token bucket
+    capture_at_start: bool = True  # capture every bucket's graph in initialize (else on first use)
+    backend: Literal["torch", "tensorrt"] = "torch"
+    tensorrt_engine: str = ""  # where to cache the serialized engine ("" = model_dir/bert.engine)
+
+    def validate(self) -> None:
+        if self.max_length < 0:
+            raise ConfigError("handler.max_length must be >= 0")
+        for name in ("max_items_per_request", "max_text_chars", "max_batch_sequences", "max_batch_tokens"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"handler.{name} must be >= 1")
+        if self.task == "classify" and (self.pooling != "cls" or self.normalize):
+            raise ConfigError("handler.pooling/normalize apply to task: embed only")

@@ -1,0 +1,117 @@
+"""The HuggingFace reference and the comparison helpers shared by the tests and benchmarks/bench_bert.py.
+
+Not used when serving. Everything here builds models from configs with random (seeded) weights: no hub.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from handlers.text.encoder import PackedBert, unpack_hidden
+from handlers.text.packing import pack_chunks, plan_chunks, view_segment
+from handlers.text.remap import hf_to_packed
+from handlers.text.encoder import EncoderConfig
+
+BERT_LARGE = dict(
+    vocab_size=30522,
+    hidden_size=1024,
+    num_hidden_layers=24,
+    num_attention_heads=16,
+    intermediate_size=4096,
+    max_position_embeddings=512,
+    type_vocab_size=2,
+)
+
+
+def bert_config(num_labels: int = 2, **overrides):
+    from transformers import BertConfig
+
+    return BertConfig(**{**BERT_LARGE, **overrides}, num_labels=num_labels)
+
+
+def random_hf_classifier(config, seed: int = 0, attn_implementation: str = "sdpa"):
+    """``BertForSequenceClassification`` with seeded random weights, LayerNorm parameters randomized too (so a
+    mixed-up gamma/beta or a missing weight shows), in eval mode on CPU, fp32."""
+    from transformers import AutoModelForSequenceClassification
+
+    torch.manual_seed(seed)
+    model = AutoModelForSequenceClassification.from_config(config, attn_implementation=attn_implementation).eval()
+    gen = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "LayerNorm.weight" in name:
+                p.copy_(torch.rand(p.shape, generator=gen) + 0.5)
+            elif "LayerNorm.bias" in name or name.endswith(".bias"):
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.02)
+    return model
+
+
+def packed_from_hf(hf_model, head: str = "hidden", attention=None, ops=None) -> PackedBert:
+    """Our encoder with the HF model's weights (through the remap), on the HF model's device and dtype."""
+    state = hf_to_packed(hf_model.state_dict())
+    num_labels = state["classifier.weight"].shape[0] if "classifier.weight" in state else 0
+    cfg = EncoderConfig.from_hf(hf_model.config, num_labels=num_labels, with_pooler="pooler.weight" in state)
+    param = next(hf_model.parameters())
+    with torch.device("meta"):
+        model = PackedBert(cfg, attention=attention, ops=ops, head=head)
+    model.load_state_dict({k: v.clone() for k, v in state.items()}, strict=True, assign=True)
+    return model.to(device=param.device, dtype=param.dtype).eval().requires_grad_(False)
+
+
+def random_sequences(lengths: Sequence[int], vocab_size: int, seed: int = 0, cls_id: int = 101, sep_id: int = 102):
+    """Token ids [CLS] w... [SEP] of the given lengths (>= 2) and all-zero token types."""
+    gen = torch.Generator().manual_seed(seed)
+    ids = []
+    for n in lengths:
+        body = torch.randint(min(1000, vocab_size // 2), vocab_size, (n - 2,), generator=gen).tolist()
+        ids.append([cls_id, *body, sep_id])
+    return ids, [[0] * n for n in lengths]
+
+
+def padded_batch(ids, type_ids, pad_id: int = 0, device="cpu", pad_to: int | None = None):
+    """(B, L) int64 input_ids, token_type_ids, attention_mask, right-padded (as HF tokenizers do)."""
+    length = pad_to or max(len(i) for i in ids)
+    out = torch.full((3, len(ids), length), 0, dtype=torch.int64)
+    out[0].fill_(pad_id)
+    for row, (i, t) in enumerate(zip(ids, type_ids)):
+        out[0, row, : len(i)] = torch.tensor(i)
+        out[1, row, : len(t)] = torch.tensor(t)
+        out[2, row, : len(i)] = 1
+    return tuple(x.to(device) for x in out)
+
+
+def packed_batch(ids, type_ids, device="cpu", bucketed: bool = False, seq_slots: int | None = None, max_seqlen=None):
+    """One chunk on ``device``: the exact layout, or the CUDA-graph layout (bucketed tokens, fixed slots)."""
+    lengths = [len(i) for i in ids]
+    (chunk,) = plan_chunks(
+        lengths, seq_slots or len(ids), max(sum(lengths), 256), bucketed=bucketed, fixed_max_seqlen=max_seqlen
+    )
+    segment = pack_chunks(ids, type_ids, [chunk]).to(device)
+    return view_segment(segment, chunk.num_tokens, chunk.seq_slots, chunk.max_seqlen)
+
+
+@torch.inference_mode()
+def hf_forward(hf_model, input_ids, token_type_ids, attention_mask):
+    """-> (last hidden states (B, L, H), class probabilities (B, labels) float32)."""
+    out = hf_model(
+        input_ids=input_ids, token_type_ids=token_type_ids, attention_mask=attention_mask, output_hidden_states=True
+    )
+    return out.hidden_states[-1], torch.softmax(out.logits.float(), dim=-1)
+
+
+@torch.inference_mode()
+def ours_forward(model: PackedBert, batch, num_seqs: int, head: str = "classify"):
+    """-> (last hidden states re-padded (B, L, H) with zeros at padding, probabilities (B, labels))."""
+    hidden = model.encode(batch)
+    probs = model.apply_head(hidden, batch, head)[:num_seqs]
+    return unpack_hidden(hidden, batch, num_seqs), probs
+
+
+def max_error(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None) -> float:
+    """max |a - b| in fp32 over positions where ``mask`` (B, L) is set (all positions if None)."""
+    diff = (a.float() - b.float()).abs()
+    if mask is not None:
+        diff = diff[mask.bool()]
+    return float(diff.max())

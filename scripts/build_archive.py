@@ -1,0 +1,144 @@
+#!/usr/bin/env python3
+"""Build a TorchServe archive (.mar) for one of our models with torch-model-archiver.
+
+    python scripts/build_archive.py resnet101 [--weights PATH] [--output-dir model_store] [--force]
+    python scripts/build_archive.py bert_large [--weights DIR]
+
+The model's module prepares the archive's files (weights as safetensors, tokenizer files, ...) in a staging
+directory; the archive then holds the handler entry file, archiver_configs/<model>.yaml as model-config, and
+those files, all flat in the archive root. Handler code itself is not in the archive: workers import the
+installed ``handlers`` package (``pip install -e .``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+REPO = Path(__file__).resolve().parent.parent
+ARCHIVE_VERSION = "1.0"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    handler: str  # entry file, relative to the repo
+    config: str  # archiver --config-file (model-config.yaml), relative to the repo
+    module: str  # provides prepare_archive_files(staging_dir, source, log) -> handlers.common.ArchiveFiles
+
+
+MODELS = {
+    "resnet101": ModelSpec("handlers/resnet_handler.py", "archiver_configs/resnet101.yaml", "handlers.vision.resnet"),
+    "bert_large": ModelSpec("handlers/bert_handler.py", "archiver_configs/bert_large.yaml", "handlers.text.bert"),
+}
+
+
+class ArchiveError(RuntimeError):
+    pass
+
+
+def archive_inputs(model: str, repo: Path = REPO) -> tuple[ModelSpec, Path, Path]:
+    """The model's spec, handler entry file and model-config file; errors name what is missing."""
+    if model not in MODELS:
+        raise ArchiveError(f"unknown model {model!r}; known: {', '.join(MODELS)}")
+    spec = MODELS[model]
+    handler, config = repo / spec.handler, repo / spec.config
+    missing = [str(p) for p in (handler, config) if not p.is_file()]
+    if missing:
+        raise ArchiveError(f"{model}: missing {', '.join(missing)}")
+    return spec, handler, config
+
+
+def check_flat_names(handler: Path, config: Path, serialized: Path | None, extra: list[Path]) -> None:
+    """Extra files land flat in the archive root: two files with one name would silently overwrite each other."""
+    seen: dict[str, Path] = {}
+    for path in [handler, config, *([serialized] if serialized else []), *extra]:
+        path = Path(path)
+        if not path.exists():
+            raise ArchiveError(f"archive input {path} does not exist")
+        if "," in str(path):
+            raise ArchiveError(f"archive input {path}: torch-model-archiver splits paths on ','")
+        names = [p.name for p in path.iterdir()] if path.is_dir() else [path.name]
+        for name in names:
+            if name in seen or name == "MAR-INF":
+                raise ArchiveError(f"archive name clash: {name!r} from {path} and {seen.get(name, 'MAR-INF')}")
+            seen[name] = path
+
+
+def run_archiver(model: str, handler: Path, config: Path, serialized: Path | None, extra: list[Path],
+                 output_dir: Path, work_dir: Path) -> Path:
+    cmd = [sys.executable, "-m", "model_archiver.model_packaging",
+           "--model-name", model, "--version", ARCHIVE_VERSION, "--handler", str(handler),
+           "--config-file", str(config), "--export-path", str(output_dir), "--archive-format", "default", "--force"]
+    if serialized is not None:
+        cmd += ["--serialized-file", str(serialized)]
+    if extra:
+        cmd += ["--extra-files", ",".join(str(p) for p in extra)]
+    # The archiver copies everything to $TMPDIR/<model-name> first: a private TMPDIR keeps parallel builds apart.
+    env = dict(os.environ, TMPDIR=str(work_dir))
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise ArchiveError(f"torch-model-archiver failed (exit {done.returncode}):\n{done.stdout}{done.stderr}")
+    return output_dir / f"{model}.mar"
+
+
+def build_archive(model: str, weights: Path | None = None, output_dir: Path = REPO / "model_store",
+                  force: bool = False, log: Callable[[str], None] = print) -> Path:
+    """Build ``output_dir/<model>.mar``; refuses to overwrite an existing archive unless ``force``."""
+    spec, handler, config = archive_inputs(model)
+    output_dir = Path(output_dir).resolve()
+    target = output_dir / f"{model}.mar"
+    if target.exists() and not force:
+        raise ArchiveError(f"{target} exists; pass --force to overwrite it")
+    if weights is not None and not Path(weights).exists():
+        raise ArchiveError(f"--weights {weights} does not exist")
+    output_dir.mkdir(parents=True, exist_ok=True)
+    module = importlib.import_module(spec.module)
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix=f"{model}-archive-") as work:
+        staging = Path(work) / "staging"
+        staging.mkdir()
+        log(f"[{model}] preparing archive files in {staging} ...")
+        files = module.prepare_archive_files(staging, Path(weights) if weights is not None else None, log)
+        extra = [Path(p) for p in files.extra_files]
+        check_flat_names(handler, config, files.serialized_file, extra)
+        log(f"[{model}] running torch-model-archiver ({len(extra)} extra file(s)) ...")
+        # Write next to the target, then rename: a failed build never leaves a half-written archive behind.
+        partial = Path(work) / "out"
+        partial.mkdir()
+        built = run_archiver(model, handler, config, files.serialized_file, extra, partial, Path(work))
+        tmp_target = target.with_name(target.name + ".partial")
+        shutil.copyfile(built, tmp_target)
+        os.replace(tmp_target, target)
+    log(f"[{model}] wrote {target} ({target.stat().st_size / 1e6:.1f} MB) in {time.monotonic() - started:.0f} s")
+    return target
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Build a TorchServe archive (.mar) for one of our models.")
+    parser.add_argument("model", choices=sorted(MODELS))
+    parser.add_argument("--weights", type=Path, default=None,
+                        help="weights to package (see the model's module); default: random weights")
+    parser.add_argument("--output-dir", type=Path, default=REPO / "model_store")
+    parser.add_argument("--force", action="store_true", help="overwrite an existing archive")
+    args = parser.parse_args(argv)
+    try:
+        build_archive(args.model, args.weights, args.output_dir, args.force, log=lambda m: print(m, flush=True))
+    except ArchiveError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    if __package__ in (None, ""):
+        sys.path.insert(0, str(REPO))  # `python scripts/build_archive.py` from anywhere
+    sys.exit(main())

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# One entry point for everything a GPU machine must check: correctness and speed of the fast paths.
+# Usage: scripts/gpu_check.sh [resnet|bert|...]   (no argument: all sections)
+# Results (JSON + logs) go under $OUT (default ./gpu_out); a short table is printed last.
+set -uo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+OUT=${OUT:-$root/gpu_out}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
+python3 -c 'import torch, torchvision, transformers; print("torch", torch.__version__, "torchvision", torchvision.__version__, "transformers", transformers.__version__)' | tee -a "$OUT/gpu.txt"
+sections=("$@")
+[ ${#sections[@]} -eq 0 ] && sections=(resnet bert)
+status=0
+for section in "${sections[@]}"; do
+  echo "=== $section"
+  case "$section" in
+    resnet) python3 benchmarks/bench_resnet.py --out "$OUT/resnet.json" 2>&1 | tee "$OUT/resnet.log" || status=1 ;;
+    bert)   python3 benchmarks/bench_bert.py --out "$OUT/bert.json" 2>&1 | tee "$OUT/bert.log" || status=1 ;;
+    *) echo "unknown section $section"; status=2 ;;
+  esac
+done
+exit $status

@@ -1,0 +1,126 @@
+#!/usr/bin/env python3
+"""The main job, end to end: build the ResNet-101 archive, serve it with TorchServe, classify images.
+
+    bash scripts/run_main.sh [--weights PATH] [--images N] [--workers N] [--ports free]
+
+(run_main.sh sets up .venv and Java first, then runs this file with the venv's Python.)
+Steps: build model_store/resnet101.mar (random weights unless --weights) -> start TorchServe in .run/main ->
+register with batching on -> send N synthetic JPEGs concurrently -> print predictions, worker status and the
+handler's batch metrics -> stop TorchServe (also on errors and Ctrl-C).
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from scripts.build_archive import ArchiveError, build_archive  # noqa: E402
+from scripts.client import describe_answer, send_all  # noqa: E402
+from scripts.sample_images import write_images  # noqa: E402
+from scripts.tsctl import REPO, TorchServe, TorchServeError, metric_total, worker_summary  # noqa: E402
+from scripts.tsctl import _parse_ports  # noqa: E402
+
+MODEL = "resnet101"
+
+
+def step(message: str) -> None:
+    print(f"\n=== {message}", flush=True)
+
+
+def _sigterm(signum, frame):  # stop the server on `kill` as on Ctrl-C
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Build, serve and query ResNet-101 with TorchServe.")
+    parser.add_argument("--weights", type=Path, default=None,
+                        help="torchvision ResNet-101 state_dict (.pth/.safetensors); default: RANDOM weights")
+    parser.add_argument("--images", type=int, default=16, help="number of JPEGs to send")
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--max-batch-delay", type=int, default=100, help="ms")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="workers for the model (default: minWorkers of archiver_configs/resnet101.yaml)")
+    parser.add_argument("--ports", type=_parse_ports, default=None,
+                        help="INFERENCE,MANAGEMENT,METRICS or 'free' (default: config.properties, 8080-8082)")
+    parser.add_argument("--model-store", type=Path, default=REPO / "model_store")
+    parser.add_argument("--run-dir", type=Path, default=REPO / ".run" / "main")
+    parser.add_argument("--keep-running", action="store_true", help="leave TorchServe up at the end")
+    args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, _sigterm)
+
+    import torch
+
+    print(f"torch {torch.__version__}; CUDA available: {torch.cuda.is_available()}"
+          + (f" ({torch.cuda.device_count()} GPU(s): {torch.cuda.get_device_name(0)})" if torch.cuda.is_available()
+             else " -> workers run on the CPU"))
+    if args.weights is None:
+        print("\n" + "!" * 100 + "\n!!! NO --weights GIVEN: the archive gets RANDOM ResNet-101 weights. "
+              "Predictions are meaningless;\n!!! this run shows serving, batching and throughput only. "
+              "Pass --weights PATH for a trained model.\n" + "!" * 100, flush=True)
+
+    step(f"building {args.model_store / (MODEL + '.mar')}")
+    try:
+        build_archive(MODEL, args.weights, args.model_store, force=True, log=lambda m: print(m, flush=True))
+    except ArchiveError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+    ts = TorchServe(args.run_dir)
+    try:
+        step("starting TorchServe")
+        ts.start(args.model_store, ports=args.ports)
+
+        step(f"registering {MODEL} (batch_size={args.batch_size}, max_batch_delay={args.max_batch_delay} ms); "
+             "loading the model in the workers ...")
+        t0 = time.monotonic()
+        print(ts.register(f"{MODEL}.mar", MODEL, batch_size=args.batch_size, max_batch_delay=args.max_batch_delay,
+                          synchronous=True, response_timeout=300)["status"], f"({time.monotonic() - t0:.0f} s)")
+        if args.workers is not None:  # the archive's minWorkers/maxWorkers win at registration: scale after
+            print(ts.scale(MODEL, args.workers, args.workers)["status"])
+        print(worker_summary(ts.describe(MODEL)))
+
+        step(f"sending {args.images} JPEGs, {args.concurrency} at a time")
+        with tempfile.TemporaryDirectory(prefix="tsa-images-") as tmp:
+            paths = write_images(Path(tmp), args.images, "jpeg")
+            items = [(p.name, p.read_bytes(), "image/jpeg") for p in paths]
+            t0 = time.monotonic()
+            answers = send_all(ts, MODEL, items, args.concurrency)
+            elapsed = time.monotonic() - t0
+        for answer in answers:
+            print(describe_answer(answer))
+        ok = sum(a.status == 200 for a in answers)
+        print(f"{ok}/{len(answers)} answered 200 in {elapsed:.1f} s ({len(answers) / elapsed:.1f} img/s end to end)")
+
+        step("worker status")
+        print(worker_summary(ts.describe(MODEL)))
+        metrics = ts.metrics()
+        batches = metric_total(metrics, "HandlerBatches", ModelName=MODEL)
+        requests_ = metric_total(metrics, "HandlerBatchedRequests", ModelName=MODEL)
+        if batches:
+            print(f"handler ran {requests_:.0f} requests in {batches:.0f} batches (mean batch {requests_ / batches:.1f})")
+        return 0 if ok == len(answers) else 2
+    except TorchServeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+    finally:
+        if ts.launched and not args.keep_running:
+            step("stopping TorchServe")
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not leave the server behind
+            ts.stop()
+        elif ts.launched:
+            print(f"\nTorchServe keeps running: python scripts/tsctl.py --run-dir {args.run_dir} stop")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

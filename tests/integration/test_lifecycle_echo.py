@@ -1,0 +1,161 @@
+"""The TorchServe lifecycle our scripts drive, against the real frontend with a tiny echo model (fast).
+
+Covers: start on free ports with token auth on, register with batching, batch aggregation (responses and the
+handler's custom metrics at the Prometheus endpoint), per-request 4xx inside a batch, token refusal, allowed
+URLs, scale up/down, unregister, key rotation after expiry, the tsctl CLI, two instances side by side, stop.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import requests
+
+from scripts import tsctl
+from scripts.tsctl import TorchServe, TorchServeError, derive_config
+from tests.integration.serving import (
+    handler_counters, running_torchserve, send_concurrently, wait_for_requests_metric,
+)
+
+pytestmark = pytest.mark.integration
+BATCH = 8
+DELAY_MS = 500
+
+
+@pytest.fixture(scope="module")
+def echo(tmp_path_factory, echo_store):
+    with running_torchserve(tmp_path_factory.mktemp("echo-run"), echo_store) as ts:
+        answer = ts.register("echo.mar", "echo", batch_size=BATCH, max_batch_delay=DELAY_MS, initial_workers=1)
+        assert "registered" in answer["status"]
+        yield ts
+
+
+def test_registered_with_batching(echo):
+    description = echo.describe("echo")
+    assert description["batchSize"] == BATCH and description["maxBatchDelay"] == DELAY_MS
+    assert [w["status"] for w in description["workers"]] == ["READY"]
+    assert (echo.run_dir / "key_file.json").exists() and (echo.run_dir / "tmp" / ".model_server.pid").exists()
+
+
+def test_requests_without_a_valid_token_are_refused(echo):
+    url = echo.url("inference", "/predictions/echo")
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Bearer {echo.keys()['management']}"}):
+        answer = requests.post(url, data=b"x", headers={"Content-Type": "application/octet-stream", **headers})
+        assert answer.status_code == 400 and tsctl.TOKEN_FAILED in answer.text, headers
+    assert requests.get(echo.url("management", "/models")).status_code == 400
+    assert requests.get(echo.url("inference", "/ping")).status_code == 400
+    good = echo.predict("echo", b"x", "application/octet-stream")
+    assert good.status_code == 200 and good.json()["bytes"] == 1
+
+
+def test_concurrent_requests_are_batched(echo):
+    batches0, requests0 = handler_counters(echo, "echo")
+    answers = send_concurrently(echo, "echo", [(b"y" * (i + 1), "application/octet-stream") for i in range(BATCH)])
+    assert [a.status_code for a in answers] == [200] * BATCH
+    bodies = [a.json() for a in answers]
+    assert [b["bytes"] for b in bodies] == list(range(1, BATCH + 1))  # each answer belongs to its own request
+    assert max(b["batch_size"] for b in bodies) > 1
+    batches, requests_ = wait_for_requests_metric(echo, "echo", requests0 + BATCH)
+    assert requests_ - requests0 == BATCH
+    assert 1 <= batches - batches0 < BATCH
+
+
+def test_bad_request_gets_its_own_4xx_inside_a_batch(echo):
+    bodies = [(b"good", "application/octet-stream")] * 3 + [(b"bad", "application/octet-stream")]
+    answers = send_concurrently(echo, "echo", bodies)
+    assert [a.status_code for a in answers] == [200, 200, 200, 422]
+    assert answers[3].json() == {"error": "bad payload", "status": 422}
+    assert answers[3].headers["Content-Type"].startswith("application/json")
+    # All four ran as one batch: the bad request did not fail the good ones it was batched with.
+    assert max(a.json()["batch_size"] for a in answers[:3]) == 4
+
+
+def test_form_encoded_body_is_a_client_error(echo):
+    answer = echo.request("inference", "POST", "/predictions/echo", data=b"abc",
+                          headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert answer.status_code == 400 and "empty request body" in answer.json()["error"]
+
+
+def test_allowed_urls_refuse_downloads(echo, echo_store):
+    for url in (f"file://{echo_store}/echo.mar", "https://example.com/echo.mar"):
+        with pytest.raises(TorchServeError) as refused:
+            echo.register(url, "elsewhere")
+        assert refused.value.status == 404 and "does not match any allowed URL" in str(refused.value)
+
+
+def test_scale_up_and_down(echo):
+    echo.scale("echo", 3, 3)
+    workers = echo.describe("echo")["workers"]
+    assert len(workers) == 3 and {w["status"] for w in workers} == {"READY"}
+    answers = send_concurrently(echo, "echo", [(b"z", "application/octet-stream")] * 6)
+    assert all(a.status_code == 200 for a in answers)
+    echo.scale("echo", 1, 1)
+    deadline = time.monotonic() + 30
+    while len(echo.describe("echo")["workers"]) != 1 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert len(echo.describe("echo")["workers"]) == 1
+
+
+def test_register_under_another_name_then_unregister(echo):
+    echo.register("echo.mar", "echo2", batch_size=2, max_batch_delay=10, initial_workers=1)
+    assert echo.predict("echo2", b"abc", "application/octet-stream").json()["batch_size"] == 1
+    assert {m["modelName"] for m in echo.list_models()} == {"echo", "echo2"}
+    echo.unregister("echo2")
+    with pytest.raises(TorchServeError) as gone:
+        echo.describe("echo2")
+    assert gone.value.status == 404
+    assert echo.predict("echo2", b"abc", "application/octet-stream").status_code == 404
+
+
+def test_cli_and_key_rotation_on_a_second_instance(echo, echo_store, tmp_path, capsys):
+    """The tsctl CLI end to end on an instance whose keys expire after 3 s, beside the module's instance."""
+    base = tmp_path / "config.properties"
+    derive_config(tsctl.BASE_CONFIG, base, {"token_expiration_min": "0.05"})
+    run = ["--run-dir", str(tmp_path / "run")]
+    assert tsctl.main(run + ["start", "--model-store", str(echo_store), "--ports", "free", "--config", str(base)]) == 0
+    ts = TorchServe(tmp_path / "run")
+    try:
+        assert ts.info.management_port != echo.info.management_port
+        assert (tmp_path / "run" / "key_file.json").exists()
+        first_keys = dict(ts.keys())
+        time.sleep(3.5)  # management and inference keys have expired now
+        stale = requests.get(ts.url("management", "/models"),
+                             headers={"Authorization": f"Bearer {first_keys['management']}"})
+        assert stale.status_code == 400 and tsctl.TOKEN_FAILED in stale.text
+        # register rotates the management key itself (with the API key) and retries once
+        assert tsctl.main(run + ["register", "echo.mar", "--batch-size", "4", "--max-batch-delay", "10"]) == 0
+        time.sleep(3.5)
+        assert tsctl.main(run + ["describe", "echo"]) == 0
+        assert "1 worker(s) [" in capsys.readouterr().out
+        answer = ts.predict("echo", b"abcd", "application/octet-stream")  # inference key rotated, then retried
+        assert answer.status_code == 200 and answer.json()["bytes"] == 4
+        rotated = ts.keys()
+        assert rotated["management"] != first_keys["management"] and rotated["inference"] != first_keys["inference"]
+        assert rotated["API"] == first_keys["API"]
+        assert tsctl.main(run + ["unregister", "echo"]) == 0
+        # the module's instance was untouched by all this
+        assert echo.predict("echo", b"q", "application/octet-stream").status_code == 200
+    finally:
+        pid, port = ts.info.pid, ts.info.inference_port
+        assert tsctl.main(run + ["stop"]) == 0
+    assert not process_alive(pid)
+    assert not (tmp_path / "run" / "key_file.json").exists()
+    with pytest.raises(requests.ConnectionError):
+        requests.get(f"http://127.0.0.1:{port}/ping", timeout=2)
+
+
+def process_alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie awaiting its reaper counts as gone)."""
+    try:
+        stat = open(f"/proc/{pid}/stat").read()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def test_start_refuses_busy_ports(echo, tmp_path):
+    ts = TorchServe(tmp_path / "run")
+    with pytest.raises(TorchServeError, match="already in use"):
+        ts.start(echo.info.model_store, ports=(echo.info.inference_port, 1, 2))
+    assert not ts.launched

@@ -1,0 +1,73 @@
+"""The main job (scripts/main.py, what scripts/run_main.sh runs after set-up) as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+REPO = Path(__file__).resolve().parents[2]
+
+
+def main_command(tmp_path: Path, *extra: str) -> list[str]:
+    return [sys.executable, str(REPO / "scripts" / "main.py"), "--ports", "free",
+            "--model-store", str(tmp_path / "model_store"), "--run-dir", str(tmp_path / "run"), *extra]
+
+
+def java_gone(run_dir: Path, pid: int | None) -> bool:
+    if (run_dir / "instance.json").exists():
+        return False
+    if pid is None:
+        return True
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def test_main_job_end_to_end(tmp_path, java_home):
+    done = subprocess.run(main_command(tmp_path, "--images", "8", "--concurrency", "8"), cwd=tmp_path,
+                          capture_output=True, text=True, timeout=900, stdin=subprocess.DEVNULL)
+    out = done.stdout
+    assert done.returncode == 0, out + done.stderr
+    assert "RANDOM" in out  # said loudly
+    assert "8/8 answered 200" in out
+    assert out.count("200 ") >= 8 and "(batch " in out
+    assert "worker(s) [" in out and "READY" in out
+    assert "TorchServe stopped" in out
+    assert (tmp_path / "model_store" / "resnet101.mar").exists()
+    assert not (tmp_path / "run" / "instance.json").exists() and not (tmp_path / "run" / "key_file.json").exists()
+
+
+def test_main_job_stops_the_server_on_ctrl_c(tmp_path, java_home):
+    proc = subprocess.Popen(main_command(tmp_path, "--images", "4"), cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL)
+    lines = []
+    try:
+        deadline = time.monotonic() + 600
+        for line in proc.stdout:
+            lines.append(line)
+            if line.startswith("TorchServe is up") or time.monotonic() > deadline:
+                break
+        assert lines and lines[-1].startswith("TorchServe is up"), "".join(lines)
+        pid = json.loads((tmp_path / "run" / "instance.json").read_text())["pid"]
+        proc.send_signal(signal.SIGINT)
+        rest, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    out = "".join(lines) + rest
+    assert proc.returncode == 130, out
+    assert "TorchServe stopped" in out
+    deadline = time.monotonic() + 10
+    while not java_gone(tmp_path / "run", pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert java_gone(tmp_path / "run", pid), out
+    assert os.path.exists(tmp_path / "run" / "torchserve.out")

@@ -1,0 +1,120 @@
+"""The BERT handler end to end on CPU: archive files -> model_dir -> initialize -> handle a mixed batch."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from handlers.text.bert import prepare_archive_files
+from tests.fake_context import FakeContext
+
+REPO = Path(__file__).resolve().parent.parent
+TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, max_position_embeddings=64)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    """What TorchServe unpacks: serialized file and extra files flat in one directory."""
+    root = tmp_path_factory.mktemp("bert")
+    files = prepare_archive_files(root / "staging", None, lambda msg: None, config_overrides=TINY)
+    target = root / "model"
+    target.mkdir()
+    for path in [files.serialized_file, *files.extra_files]:
+        shutil.copy(path, target / path.name)
+    return target
+
+
+def make_handler(model_dir, **options):
+    from handlers.bert_handler import BertHandler
+
+    config = yaml.safe_load((REPO / "archiver_configs/bert_large.yaml").read_text())
+    config["handler"].update(options)
+    context = FakeContext(model_dir, model_yaml_config=config)
+    handler = BertHandler()
+    handler.initialize(context)
+    return handler, context
+
+
+def test_archive_files_are_flat_and_loud_about_random_weights(tmp_path):
+    messages = []
+    files = prepare_archive_files(tmp_path, None, messages.append, config_overrides=TINY)
+    assert files.serialized_file.name == "model.safetensors"
+    names = {p.name for p in files.extra_files}
+    assert {"config.json", "tokenizer.json", "RANDOM_WEIGHTS.txt"} <= names
+    assert len(names) == len(files.extra_files)
+    assert any("RANDOM" in m for m in messages)
+
+
+def test_mixed_batch_good_and_bad_requests(model_dir):
+    handler, context = make_handler(model_dir, max_length=16, max_items_per_request=4)
+    long_text = "the cat sat on the mat " * 20
+    data = [
+        {"body": "I loved this movie"},
+        {"body": {"texts": ["great", long_text]}},
+        {"body": bytearray(b"\xc3\x28 broken utf8")},
+        {"body": {"txt": "wrong field"}},
+        {"body": {"texts": ["a"] * 5}},
+        {"body": {"text": "  "}},
+        {},
+        {"body": bytearray("raw bytes text".encode())},
+    ]
+    responses = [json.loads(r) for r in handler.handle(data, context)]
+    assert len(responses) == len(data)
+    single = responses[0]
+    assert single["label"] in ("negative", "positive") and single["batch_size"] == len(data)
+    assert set(single["probabilities"]) == {"negative", "positive"}
+    assert abs(sum(single["probabilities"].values()) - 1) < 1e-5 and single["truncated"] is False
+    listed = responses[1]
+    assert [r["truncated"] for r in listed["results"]] == [False, True] and listed["batch_size"] == len(data)
+    assert responses[7]["truncated"] is False and "label" in responses[7]
+    assert {i: code for i, (code, _) in context.statuses.items()} == {2: 400, 3: 400, 4: 413, 5: 400, 6: 400}
+    assert "UTF-8" in responses[2]["error"] and responses[4]["status"] == 413
+    assert set(context.content_types.values()) == {"application/json"}
+    assert ("HandlerBatchedRequests", len(data), "count") in context.metrics.records
+
+
+def test_same_text_same_answer_whatever_the_batch(model_dir):
+    handler, context = make_handler(model_dir)
+    alone = json.loads(handler.handle([{"body": "hello world"}], context)[0])
+    batched = json.loads(handler.handle([{"body": "x " * 40}, {"body": "hello world"}, {"body": "a b"}], context)[1])
+    for label, p in alone["probabilities"].items():
+        assert abs(p - batched["probabilities"][label]) < 1e-5
+
+
+def test_all_requests_bad(model_dir):
+    handler, context = make_handler(model_dir)
+    responses = handler.handle([{"body": ""}, {"body": {"texts": 3}}], context)
+    assert [json.loads(r)["status"] for r in responses] == [400, 400]
+
+
+def test_embedding_task_mean_pooled_and_normalized(model_dir):
+    handler, context = make_handler(model_dir, task="embed", pooling="mean", normalize=True)
+    out = json.loads(handler.handle([{"body": {"texts": ["one text", "another"]}}], context)[0])
+    vectors = [r["embedding"] for r in out["results"]]
+    assert [len(v) for v in vectors] == [32, 32]
+    assert all(abs(sum(x * x for x in v) - 1) < 1e-4 for v in vectors)
+
+
+def test_bad_options_fail_initialize(model_dir):
+    from handlers.config import ConfigError
+
+    with pytest.raises(ConfigError):
+        make_handler(model_dir, max_batch_size=3)
+    with pytest.raises(ConfigError):
+        make_handler(model_dir, task="classify", pooling="mean")
+    with pytest.raises(RuntimeError, match="varlen"):
+        make_handler(model_dir, attention="varlen")
+
+
+def test_module_level_entry_point(model_dir):
+    import handlers.bert_handler as module
+
+    context = FakeContext(model_dir, model_yaml_config={"handler": {"max_length": 32}})
+    module._service = module.BertHandler()
+    assert module.handle(None, context) is None
+    out = json.loads(module.handle([{"body": "fine"}], context)[0])
+    assert out["batch_size"] == 1

@@ -1,0 +1,135 @@
+"""ResNet-101 loading, BatchNorm folding, engines, engine cache and the correctness gate (CPU)."""
+
+import copy
+import threading
+import time
+
+import pytest
+import torch
+
+from handlers.vision.engine_cache import EngineCache
+from handlers.vision.engines import (
+    EagerEngine, EngineSpec, choose_backend, correctness_gate, tensorrt_unavailable_reason,
+)
+from handlers.vision.resnet import (
+    WEIGHTS_FILE, fold_batchnorm, load_resnet101, prepare_archive_files, random_resnet101, synthetic_images,
+)
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def model():
+    return random_resnet101(seed=0)
+
+
+@pytest.fixture(scope="module")
+def sample():
+    return synthetic_images(4, generator=torch.Generator().manual_seed(7))
+
+
+def rel_err(a, b):
+    return float((a - b).norm() / b.norm())
+
+
+def test_random_weights_have_calibrated_batchnorm(model, sample):
+    with torch.no_grad():
+        logits = model(sample)
+    assert torch.isfinite(logits).all()
+    # Calibrated statistics keep activations O(1): fp16 (max 65504) cannot overflow.
+    assert logits.abs().max() < 1e3
+    bn = model.layer4[-1].bn3
+    assert not torch.allclose(bn.running_var, torch.ones_like(bn.running_var))
+
+
+def test_archive_files_roundtrip_safetensors(tmp_path, model, sample):
+    files = prepare_archive_files(tmp_path, None, log=lambda msg: None)
+    assert files.serialized_file.name == WEIGHTS_FILE and files.extra_files == []
+    loaded = load_resnet101(files.serialized_file)
+    with torch.no_grad():
+        assert torch.equal(loaded(sample), model(sample))  # seed 0 both times: same weights
+
+
+def test_torchvision_pth_state_dict_is_accepted(tmp_path, model, sample):
+    pth = tmp_path / "resnet101.pth"
+    torch.save({"state_dict": {"module." + k: v for k, v in model.state_dict().items()}}, pth)
+    files = prepare_archive_files(tmp_path / "staging", pth, log=lambda msg: None)
+    with torch.no_grad():
+        assert torch.equal(load_resnet101(files.serialized_file)(sample), model(sample))
+
+
+def test_wrong_state_dict_is_a_clear_error(tmp_path):
+    path = tmp_path / "bad.pth"
+    torch.save({"conv.weight": torch.zeros(1)}, path)
+    with pytest.raises(ValueError, match="does not fit torchvision's resnet101"):
+        load_resnet101(path)
+
+
+def test_fold_batchnorm_preserves_outputs(model, sample):
+    folded = fold_batchnorm(copy.deepcopy(model))
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    with torch.no_grad():
+        assert rel_err(folded(sample), model(sample)) < 5e-4  # fp32 rounding through 104 layers
+
+
+def test_gate_passes_eager_and_catches_a_wrong_engine(model, sample):
+    spec = EngineSpec(backend="eager", device=CPU, dtype=torch.float32, buckets=(4,))
+    good = correctness_gate(EagerEngine(copy.deepcopy(model), spec), model, sample, 1e-2, 0.99)
+    assert good.passed and good.rel_err < 1e-3 and good.top1_agreement == 1.0
+    broken = copy.deepcopy(model)
+    with torch.no_grad():
+        broken.fc.weight.mul_(-1.0)  # a "compiled" engine that computes the wrong function
+    bad = correctness_gate(EagerEngine(broken, spec), model, sample, 1e-2, 0.99)
+    assert not bad.passed and "relative error" in bad.detail
+
+
+def test_auto_backend_on_cpu_says_why():
+    backend, reasons = choose_backend("auto", CPU)
+    assert backend == "eager" and "no GPU" in reasons[0]
+    assert choose_backend("inductor", CPU) == ("inductor", [])
+
+
+def test_engine_cache_key_and_single_builder(tmp_path):
+    a = EngineCache(tmp_path, {"gpu": "H100", "weights": "abc"})
+    assert a.key == EngineCache(tmp_path, {"weights": "abc", "gpu": "H100"}).key
+    assert a.key != EngineCache(tmp_path, {"gpu": "H200", "weights": "abc"}).key
+    events, messages = [], []
+
+    def worker(name):
+        with EngineCache(tmp_path, {"gpu": "H100", "weights": "abc"}).building(messages.append) as entry:
+            events.append((name, "start", entry.ready))
+            time.sleep(0.3)
+            events.append((name, "end"))
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in ("w1", "w2")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    # The second worker starts only after the first finished, and then finds the entry READY.
+    assert events[1][1] == "end" and events[2][2] is True
+    assert a.ready and any("miss" in m for m in messages) and any("hit" in m for m in messages)
+
+
+def test_onnx_export_matches_eager_under_onnxruntime(model, sample):
+    ort = pytest.importorskip("onnxruntime")
+    from handlers.vision.tensorrt_engine import export_onnx
+
+    onnx_bytes = export_onnx(copy.deepcopy(model))
+    session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
+    (out,) = session.run(None, {"input": sample[:3].numpy()})  # a batch size other than the export's
+    with torch.no_grad():
+        assert rel_err(torch.from_numpy(out), model(sample[:3])) < 1e-3
+
+
+@pytest.mark.skipif(tensorrt_unavailable_reason() is not None,
+                    reason=f"TensorRT backend not testable here: {tensorrt_unavailable_reason()}")
+def test_tensorrt_engine_matches_fp32(model, sample, tmp_path):
+    from handlers.vision.engines import build_engine
+
+    spec = EngineSpec(backend="tensorrt", device=torch.device("cuda:0"), dtype=torch.float16, buckets=(1, 4, 8))
+    cache = EngineCache(tmp_path, {"test": 1})
+    engine = build_engine(copy.deepcopy(model), spec, cache, progress=print)
+    gate = correctness_gate(engine, model, sample, 1e-2, 0.99)
+    assert gate.passed, gate.detail
+    assert cache.path("engine.plan").exists()

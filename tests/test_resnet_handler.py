@@ -1,0 +1,99 @@
+"""The ResNet handler through its TorchServe contract (initialize/handle) with a small fake context, on CPU."""
+
+import io
+import json
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from handlers.config import ConfigError, parse_options
+from handlers.resnet_handler import ResNetHandler
+from handlers.vision.classifier import ResNetOptions
+from handlers.vision.resnet import load_resnet101, prepare_archive_files
+from tests.fake_context import FakeContext
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
+
+
+def jpeg_bytes(seed, size=(320, 240), fmt="JPEG"):
+    rng = np.random.default_rng(seed)
+    coarse = rng.integers(0, 255, (6, 8, 3), dtype=np.uint8)
+    img = Image.fromarray(coarse, "RGB").resize(size, Image.BICUBIC)
+    buf = io.BytesIO()
+    img.save(buf, format=fmt)
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def handler(tmp_path_factory):
+    model_dir = tmp_path_factory.mktemp("model_dir")
+    prepare_archive_files(model_dir, None, log=lambda m: None)
+    config = yaml.safe_load((ROOT / "archiver_configs/resnet101.yaml").read_text())
+    ctx = FakeContext(model_dir, config, gpu_id=None, batch_size=8)
+    h = ResNetHandler()
+    h.initialize(ctx)
+    return h, model_dir
+
+
+def test_shipped_config_parses():
+    config = yaml.safe_load((ROOT / "archiver_configs/resnet101.yaml").read_text())
+    options = parse_options(ResNetOptions, config["handler"])
+    assert options.batch_buckets[-1] == config["batchSize"]
+
+
+def test_config_typos_and_types_are_errors():
+    with pytest.raises(ConfigError, match="unknown handler option"):
+        parse_options(ResNetOptions, {"topk": 3})
+    with pytest.raises(ConfigError, match="expected an integer"):
+        parse_options(ResNetOptions, {"top_k": "3"})
+    with pytest.raises(ConfigError, match="not one of"):
+        parse_options(ResNetOptions, {"backend": "tensorRT"})
+    with pytest.raises(ValueError, match="top_k"):
+        parse_options(ResNetOptions, {"top_k": 0})
+
+
+def test_batch_with_bad_requests(handler):
+    h, model_dir = handler
+    ctx = FakeContext(model_dir, gpu_id=None, batch_size=8)
+    data = [
+        {"body": bytearray(jpeg_bytes(1))},
+        {"data": bytearray(jpeg_bytes(2, fmt="PNG"))},
+        {"body": bytearray(b"definitely not an image")},
+        {"body": bytearray()},
+        {"body": {"image": "json where bytes were expected"}},
+    ]
+    out = [json.loads(r) for r in h.handle(data, ctx)]
+    assert len(out) == 5
+    assert sorted(ctx.statuses) == [2, 3, 4]
+    assert [ctx.statuses[i][0] for i in (2, 3, 4)] == [415, 400, 415]
+    for good in out[:2]:
+        assert len(good["predictions"]) == 5 and good["batch_size"] == 5 and good["engine"] == "eager"
+        probs = [p["probability"] for p in good["predictions"]]
+        assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1.0 + 1e-6
+        assert all(isinstance(p["label"], str) for p in good["predictions"])
+    assert out[2]["status"] == 415 and "image" in out[2]["error"]
+    assert ("HandlerBatchedRequests", 5, "count") in ctx.metrics.records
+    assert all(v == "application/json" for v in ctx.content_types.values())
+
+
+def test_predictions_match_reference_pipeline(handler):
+    """Handler output equals torchvision's tensor transforms + the fp32 model on the same bytes."""
+    from torchvision import transforms
+    from torchvision.transforms.functional import pil_to_tensor
+
+    h, model_dir = handler
+    model = load_resnet101(model_dir / "resnet101.safetensors")
+    tf = transforms.Compose([transforms.ConvertImageDtype(torch.float32), transforms.Resize(256, antialias=True),
+                             transforms.CenterCrop(224),
+                             transforms.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])
+    blobs = [jpeg_bytes(s, size=(400 + 16 * s, 300)) for s in range(4)]
+    out = [json.loads(r) for r in h.handle([{"body": bytearray(b)} for b in blobs], FakeContext(model_dir))]
+    with torch.no_grad():
+        ref = model(torch.stack([tf(pil_to_tensor(Image.open(io.BytesIO(b)).convert("RGB"))) for b in blobs]))
+    ref_top = ref.softmax(1).topk(5)
+    for row, result in enumerate(out):
+        assert result["predictions"][0]["index"] == int(ref_top.indices[row, 0])
+        assert abs(result["predictions"][0]["probability"] - float(ref_top.values[row, 0])) < 1e-4

@@ -1,0 +1,69 @@
+"""The GPU fast paths against the eager reference path (skipped without CUDA; benchmarks/bench_bert.py runs the
+same checks at BERT-Large size on the device)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from handlers.text.reference import (
+    bert_config,
+    hf_forward,
+    max_error,
+    ours_forward,
+    packed_batch,
+    packed_from_hf,
+    padded_batch,
+    random_hf_classifier,
+    random_sequences,
+)
+
+pytestmark = pytest.mark.gpu
+TINY = dict(vocab_size=3000, hidden_size=256, num_hidden_layers=2, num_attention_heads=4, intermediate_size=1024,
+            max_position_embeddings=512)
+LENGTHS = [5, 130, 2, 333, 64]
+
+
+@pytest.fixture(scope="module")
+def models():
+    hf = random_hf_classifier(bert_config(num_labels=3, **TINY)).cuda()
+    hf16 = random_hf_classifier(bert_config(num_labels=3, **TINY)).cuda().half()
+    hf16.load_state_dict(hf.state_dict())
+    return hf, hf16
+
+
+def test_fast_paths_fp16_within_3x_of_huggingface_fp16(models):
+    from handlers.text.attention import select_attention
+    from handlers.text.fused_ops import select_ops
+
+    hf, hf16 = models
+    device = torch.device("cuda")
+    attention, why = select_attention("varlen", device, torch.float16, 64)
+    ops, _ = select_ops("triton", device, compiled=False)
+    ours = packed_from_hf(hf16, attention=attention, ops=ops)
+    ids, types = random_sequences(LENGTHS, 3000)
+    inputs = padded_batch(ids, types, device="cuda")
+    ref, _ = hf_forward(hf, *inputs)
+    base, _ = hf_forward(hf16, *inputs)
+    hidden, _ = ours_forward(ours, packed_batch(ids, types, device="cuda"), len(ids))
+    assert max_error(hidden, ref, inputs[2]) <= 3 * max_error(base, ref, inputs[2])
+
+
+def test_cuda_graphs_match_eager(models):
+    from handlers.text.graphs import CudaGraphRunner
+    from handlers.text.packing import pack_chunks, plan_chunks
+
+    _, hf16 = models
+    ours = packed_from_hf(hf16, head="classify")
+    from handlers.text.attention import select_attention
+    from handlers.text.fused_ops import select_ops
+
+    ours.attention, _ = select_attention("auto", torch.device("cuda"), torch.float16, 64)
+    ours.ops, _ = select_ops("auto", torch.device("cuda"), compiled=False)
+    graphs = CudaGraphRunner(ours, torch.device("cuda"), seq_slots=8, max_seqlen=512)
+    ids, types = random_sequences(LENGTHS, 3000)
+    (chunk,) = plan_chunks([len(i) for i in ids], 8, 4096, bucketed=True, fixed_max_seqlen=512)
+    out = graphs(pack_chunks(ids, types, [chunk]).cuda(), chunk.num_tokens)[: len(ids)]
+    with torch.inference_mode():
+        eager = ours(packed_batch(ids, types, device="cuda"))
+    assert max_error(out, eager) < 1e-3

@@ -114,7 +114,10 @@ def main() -> int:
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile variant")
     parser.add_argument("--tiny", action="store_true", help="a tiny config (CPU smoke test of this script)")
     parser.add_argument("--iters", type=int, default=20)
+    parser.add_argument("--profile", action="store_true", help="kernel breakdown and GEMM/epilogue microbenchmarks only")
     args = parser.parse_args()
+    if args.profile:
+        return profile_main(args)
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type != "cuda" and not args.tiny:
@@ -320,6 +323,143 @@ def main() -> int:
     save()
     print_table(report)
     return 0 if all(r["pass"] for r in report["correctness"]) else 1
+
+
+def profile_main(args) -> int:
+    """Where the time goes: per-kernel breakdown of one forward, GEMM and epilogue microbenchmarks, options."""
+    from handlers.text.encoder import EncoderConfig, PackedBert
+    from handlers.text.triton_ops import TritonGemmOps, TritonOps
+    from handlers.text import triton_gemm
+
+    device = torch.device("cuda")
+    report: dict = {"device": torch.cuda.get_device_name(device), "torch": torch.__version__, "profile": {}}
+    timer = Timer(device)
+
+    def save():
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=1))
+
+    cfg = EncoderConfig(30522, 1024, 24, 16, 4096, 512, 2, 1e-12, num_labels=2)
+    attention, why = select_attention("auto", device, torch.float16, 64)
+    with torch.device(device):
+        model = PackedBert(cfg, attention=attention, ops=TritonOps(), head="classify").half().eval()
+    lengths = scenario_lengths("fixed128x256")
+    ids, types = random_sequences(lengths, cfg.vocab_size, seed=7)
+    batch = packed_batch(ids, types, device=device)
+    mixed = scenario_lengths("mixed16-128x256")
+    mids, mtypes = random_sequences(mixed, cfg.vocab_size, seed=7)
+    mbatch = packed_batch(mids, mtypes, device=device)
+    prof = report["profile"]
+
+    with torch.inference_mode():
+        # 1. kernel breakdown of one forward (fixed 128 x 256)
+        for _ in range(3):
+            model(batch)
+        torch.cuda.synchronize()
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CUDA]) as p:
+            model(batch)
+            torch.cuda.synchronize()
+        rows = []
+        for e in p.key_averages():
+            t = getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0)
+            if t > 0:
+                rows.append((t / 1000, e.count, e.key[:110]))
+        rows.sort(reverse=True)
+        total = sum(r[0] for r in rows)
+        prof["kernels_fixed128x256"] = [{"ms": round(t, 3), "count": c, "kernel": k} for t, c, k in rows[:25]]
+        print(f"\nkernel breakdown, one forward fixed 128x256 (total {total:.2f} ms of kernels):")
+        for t, c, k in rows[:25]:
+            print(f"  {t:8.3f} ms  {c:4d}x  {k}")
+        save()
+
+        # 2. GEMMs at the encoder's shapes
+        def tflops(m, n, k, ms):
+            return round(2 * m * n * k / ms / 1e9, 1)
+
+        gemms = []
+        for m in (32768, 18432):
+            x1 = torch.randn(m, 1024, device=device, dtype=torch.float16)
+            x4 = torch.randn(m, 4096, device=device, dtype=torch.float16)
+            for n, k in ((3072, 1024), (1024, 1024), (4096, 1024), (1024, 4096)):
+                x = x1 if k == 1024 else x4
+                w = torch.randn(n, k, device=device, dtype=torch.float16) / 32
+                b = torch.randn(n, device=device, dtype=torch.float16)
+                row = {"m": m, "n": n, "k": k}
+                row["cublas_ms"] = timer.ms(lambda: torch.nn.functional.linear(x, w), 20)
+                row["cublas_bias_ms"] = timer.ms(lambda: torch.nn.functional.linear(x, w, b), 20)
+                try:
+                    row["triton_bias_ms"] = timer.ms(lambda: triton_gemm.linear(x, w, b), 20)
+                    if n == 4096:
+                        row["triton_bias_gelu_ms"] = timer.ms(lambda: triton_gemm.linear(x, w, b, gelu=True), 20)
+                        row["cublas_then_triton_gelu_ms"] = timer.ms(lambda: TritonOps.bias_gelu(torch.nn.functional.linear(x, w), b), 20)
+                        ref = torch.nn.functional.gelu(torch.nn.functional.linear(x, w, b).float())
+                        row["triton_gelu_max_err"] = float((triton_gemm.linear(x, w, b, gelu=True).float() - ref).abs().max())
+                except Exception as exc:  # noqa: BLE001
+                    row["triton_error"] = f"{type(exc).__name__}: {exc}"[:300]
+                row = {k2: (round(v, 4) if isinstance(v, float) else v) for k2, v in row.items()}
+                row["cublas_tflops"] = tflops(m, n, k, row["cublas_ms"])
+                if "triton_bias_ms" in row:
+                    row["triton_tflops"] = tflops(m, n, k, row["triton_bias_ms"])
+                gemms.append(row)
+                print("gemm", row)
+        prof["gemms"] = gemms
+        save()
+
+        # 3. epilogues and attention, per layer call
+        h = torch.randn(32768, 4096, device=device, dtype=torch.float16)
+        bias4 = torch.randn(4096, device=device, dtype=torch.float16)
+        x = torch.randn(32768, 1024, device=device, dtype=torch.float16)
+        res = torch.randn_like(x)
+        norm = model.layers[0].attn_norm
+        epi = {
+            "triton_bias_gelu_32768x4096_ms": timer.ms(lambda: TritonOps.bias_gelu(h, bias4), 20),
+            "torch_gelu_32768x4096_ms": timer.ms(lambda: torch.nn.functional.gelu(h), 20),
+            "triton_bias_res_ln_32768x1024_ms": timer.ms(lambda: TritonOps.bias_residual_layernorm(x, bias4[:1024], res, norm), 20),
+            "torch_ln_32768x1024_ms": timer.ms(lambda: torch.nn.functional.layer_norm(x, (1024,), norm.weight, norm.bias), 20),
+        }
+        qkv = torch.randn(32768, 3, 16, 64, device=device, dtype=torch.float16)
+        meta = attention.prepare(batch)
+        epi["varlen_attn_fixed128_ms"] = timer.ms(lambda: attention(qkv, meta), 20)
+        q = torch.randn(256, 16, 128, 64, device=device, dtype=torch.float16)
+        epi["sdpa_dense_256x128_ms"] = timer.ms(lambda: torch.nn.functional.scaled_dot_product_attention(q, q, q), 20)
+        big = packed_batch(ids, types, device=device, bucketed=True, seq_slots=256, max_seqlen=512)
+        meta512 = attention.prepare(big)
+        epi["varlen_attn_fixed128_maxseqlen512_slots256_ms"] = timer.ms(lambda: attention(qkv, meta512), 20)
+        prof["epilogues_attention"] = {k: round(v, 4) for k, v in epi.items()}
+        print("epilogues/attention", prof["epilogues_attention"])
+        save()
+
+        # 4. whole forward under options
+        forward = {}
+        forward["triton_ops_fixed128"] = timer.ms(lambda: model(batch), 10)
+        forward["triton_ops_mixed"] = timer.ms(lambda: model(mbatch), 10)
+        model.ops = TritonGemmOps()
+        try:
+            forward["triton_gemm_ops_fixed128"] = timer.ms(lambda: model(batch), 10)
+            forward["triton_gemm_ops_mixed"] = timer.ms(lambda: model(mbatch), 10)
+        except Exception as exc:  # noqa: BLE001
+            forward["triton_gemm_error"] = f"{type(exc).__name__}: {exc}"[:300]
+        model.ops = TorchOps()
+        forward["torch_ops_fixed128"] = timer.ms(lambda: model(batch), 10)
+        model.ops = TritonOps()
+        try:
+            torch.backends.cuda.preferred_blas_library("cublaslt")
+            forward["cublaslt_triton_ops_fixed128"] = timer.ms(lambda: model(batch), 10)
+            torch.backends.cuda.preferred_blas_library("cublas")
+        except Exception as exc:  # noqa: BLE001
+            forward["cublaslt_error"] = f"{type(exc).__name__}: {exc}"[:300]
+        for slots, seqlen in ((256, 128), (256, 512)):
+            g = CudaGraphRunner(model, device, slots, seqlen)
+            seg, chunk = None, None
+            (chunk,) = plan_chunks(mixed, slots, MAX_TOKENS, bucketed=True, fixed_max_seqlen=seqlen)
+            seg = pack_chunks(mids, mtypes, [chunk]).to(device)
+            forward[f"graphs_mixed_slots{slots}_maxseqlen{seqlen}_tokens{chunk.num_tokens}"] = timer.ms(lambda: g(seg, chunk.num_tokens), 10)
+        prof["forward_ms"] = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in forward.items()}
+        print("forward", json.dumps(prof["forward_ms"], indent=1))
+        save()
+    return 0
 
 
 def targets(report: dict) -> dict:

@@ -111,13 +111,16 @@ def build_archive(model: str, weights: Path | None = None, output_dir: Path = RE
         extra = [Path(p) for p in files.extra_files]
         check_flat_names(handler, config, files.serialized_file, extra)
         log(f"[{model}] running torch-model-archiver ({len(extra)} extra file(s)) ...")
-        # Write next to the target, then rename: a failed build never leaves a half-written archive behind.
-        partial = Path(work) / "out"
-        partial.mkdir()
-        built = run_archiver(model, handler, config, files.serialized_file, extra, partial, Path(work))
-        tmp_target = target.with_name(target.name + ".partial")
-        shutil.copyfile(built, tmp_target)
-        os.replace(tmp_target, target)
+        out = Path(work) / "out"
+        out.mkdir()
+        built = run_archiver(model, handler, config, files.serialized_file, extra, out, Path(work))
+        # Copy beside the target, then rename: a failed build never leaves a half-written archive in the store.
+        partial = target.with_name(target.name + ".partial")
+        try:
+            shutil.copyfile(built, partial)
+            os.replace(partial, target)
+        finally:
+            partial.unlink(missing_ok=True)
     log(f"[{model}] wrote {target} ({target.stat().st_size / 1e6:.1f} MB) in {time.monotonic() - started:.0f} s")
     return target
 

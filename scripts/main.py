@@ -24,8 +24,7 @@ if __package__ in (None, ""):
 from scripts.build_archive import ArchiveError, build_archive  # noqa: E402
 from scripts.client import describe_answer, send_all  # noqa: E402
 from scripts.sample_images import write_images  # noqa: E402
-from scripts.tsctl import REPO, TorchServe, TorchServeError, metric_total, worker_summary  # noqa: E402
-from scripts.tsctl import _parse_ports  # noqa: E402
+from scripts.tsctl import REPO, TorchServe, TorchServeError, metric_total, parse_ports, worker_summary  # noqa: E402
 
 MODEL = "resnet101"
 
@@ -48,8 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-batch-delay", type=int, default=100, help="ms")
     parser.add_argument("--workers", type=int, default=None,
                         help="workers for the model (default: minWorkers of archiver_configs/resnet101.yaml)")
-    parser.add_argument("--ports", type=_parse_ports, default=None,
-                        help="INFERENCE,MANAGEMENT,METRICS or 'free' (default: config.properties, 8080-8082)")
+    parser.add_argument("--ports", type=parse_ports, default=None,
+                        help="'free', or INFERENCE,MANAGEMENT,METRICS[,GRPC_INFERENCE,GRPC_MANAGEMENT] "
+                             "(default: config.properties: 8080-8082, gRPC 7070-7071)")
     parser.add_argument("--model-store", type=Path, default=REPO / "model_store")
     parser.add_argument("--run-dir", type=Path, default=REPO / ".run" / "main")
     parser.add_argument("--keep-running", action="store_true", help="leave TorchServe up at the end")
@@ -66,15 +66,11 @@ def main(argv: list[str] | None = None) -> int:
               "Predictions are meaningless;\n!!! this run shows serving, batching and throughput only. "
               "Pass --weights PATH for a trained model.\n" + "!" * 100, flush=True)
 
-    step(f"building {args.model_store / (MODEL + '.mar')}")
-    try:
-        build_archive(MODEL, args.weights, args.model_store, force=True, log=lambda m: print(m, flush=True))
-    except ArchiveError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-
     ts = TorchServe(args.run_dir)
     try:
+        step(f"building {args.model_store / (MODEL + '.mar')}")
+        build_archive(MODEL, args.weights, args.model_store, force=True, log=lambda m: print(m, flush=True))
+
         step("starting TorchServe")
         ts.start(args.model_store, ports=args.ports)
 
@@ -101,13 +97,19 @@ def main(argv: list[str] | None = None) -> int:
 
         step("worker status")
         print(worker_summary(ts.describe(MODEL)))
-        metrics = ts.metrics()
-        batches = metric_total(metrics, "HandlerBatches", ModelName=MODEL)
-        requests_ = metric_total(metrics, "HandlerBatchedRequests", ModelName=MODEL)
+        deadline = time.monotonic() + 5  # worker metrics reach the frontend a moment after the answers
+        while True:
+            metrics = ts.metrics()
+            batches = metric_total(metrics, "HandlerBatches", ModelName=MODEL)
+            requests_ = metric_total(metrics, "HandlerBatchedRequests", ModelName=MODEL)
+            if requests_ >= len(answers) or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
         if batches:
-            print(f"handler ran {requests_:.0f} requests in {batches:.0f} batches (mean batch {requests_ / batches:.1f})")
+            print(f"handler ran {requests_:.0f} requests in {batches:.0f} batches "
+                  f"(mean batch {requests_ / batches:.1f})")
         return 0 if ok == len(answers) else 2
-    except TorchServeError as e:
+    except (ArchiveError, TorchServeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

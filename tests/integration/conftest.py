@@ -5,6 +5,7 @@ run directory, so each has its own TMPDIR, worker sockets and key_file.json.
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,7 @@ from tests.integration.serving import build_echo_archive, log
 @pytest.fixture(scope="session")
 def java_home():
     """Fails (does not skip) without Java 17+: these tests exist to run TorchServe for real."""
-    return find_java_home(log=log)
+    return find_java_home()
 
 
 @pytest.fixture(scope="session")
@@ -28,8 +29,9 @@ def echo_store(tmp_path_factory, java_home) -> Path:
 
 
 @pytest.fixture(scope="session")
-def resnet_store(tmp_path_factory, java_home) -> Path:
+def resnet_store(tmp_path_factory, java_home):
     """model_store/resnet101.mar with random weights, built once per session (~170 MB, ~20 s on 2 cores)."""
     store = tmp_path_factory.mktemp("resnet") / "model_store"
     build_archive("resnet101", None, store, force=False, log=log)
-    return store
+    yield store
+    shutil.rmtree(store, ignore_errors=True)  # pytest keeps the last runs' tmp dirs: don't keep 170 MB each

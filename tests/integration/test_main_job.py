@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,6 +20,12 @@ REPO = Path(__file__).resolve().parents[2]
 def main_command(tmp_path: Path, *extra: str) -> list[str]:
     return [sys.executable, str(REPO / "scripts" / "main.py"), "--ports", "free",
             "--model-store", str(tmp_path / "model_store"), "--run-dir", str(tmp_path / "run"), *extra]
+
+
+@pytest.fixture(autouse=True)
+def drop_archives(tmp_path):
+    yield
+    shutil.rmtree(tmp_path / "model_store", ignore_errors=True)  # 170 MB per run otherwise
 
 
 def java_gone(run_dir: Path, pid: int | None) -> bool:

@@ -21,11 +21,13 @@ still leaves its results.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import random
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
@@ -33,8 +35,11 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from handlers.text.attention import select_attention  # noqa: E402
+from handlers.text.bert import BertRunner  # noqa: E402
 from handlers.text.fused_ops import TorchOps, select_ops  # noqa: E402
 from handlers.text.graphs import CudaGraphRunner  # noqa: E402
+from handlers.text.options import BertOptions  # noqa: E402
+from handlers.text.tokenize import Tokenized  # noqa: E402
 from handlers.text.packing import pack_chunks, plan_chunks, view_segment  # noqa: E402
 from handlers.text.reference import (  # noqa: E402
     bert_config,
@@ -104,7 +109,9 @@ class Timer:
 
 
 def graph_segment(ids, types, device):
-    (chunk,) = plan_chunks([len(i) for i in ids], SEQ_SLOTS, MAX_TOKENS, bucketed=True, fixed_max_seqlen=MAX_SEQLEN)
+    """The whole batch as one CUDA-graph chunk (whatever its size, unlike the handler's graph_max_tokens)."""
+    (chunk,) = plan_chunks([len(i) for i in ids], SEQ_SLOTS, MAX_TOKENS, graph_max_tokens=MAX_TOKENS,
+                           graph_max_seqlen=MAX_SEQLEN)
     return pack_chunks(ids, types, [chunk]).to(device), chunk
 
 
@@ -223,6 +230,7 @@ def main() -> int:
     correctness_batches = {
         "mixed16-128x64": [rng.randint(16, 128) for _ in range(64)],
         "mixed32-384x16": [rng.randint(32, 384) for _ in range(16)],
+        "fixed128x32 (dense path)": [128] * 32,
     }
     if graphs is not None:
         try:  # a failing capture must not cost the rest of the run
@@ -254,7 +262,7 @@ def main() -> int:
         if scenario in hf_fp16_ms and variant != "hf-fp16-sdpa":
             row["speedup_vs_hf_fp16_sdpa"] = round(hf_fp16_ms[scenario] / ms, 3)
         report["results"].append(row)
-        log(f"{variant:16s} {scenario:16s} {row['seq_per_s']:>9.1f} seq/s  {ms:8.2f} ms/batch")
+        log(f"{variant:18s} {scenario:16s} {row['seq_per_s']:>9.1f} seq/s  {ms:8.2f} ms/batch")
         save()
 
     scenarios = ["fixed128x256", "fixed384x64", "mixed16-128x256"]
@@ -280,16 +288,21 @@ def main() -> int:
             record("hf-fp16-sdpa", scenario, lengths, ms, inputs[0].numel())
             exact = packed_batch(ids, types, device=device)
             record("ours-eager", scenario, lengths, timer.ms(lambda: ours(exact), iters), exact.num_tokens)
-            if graphs is None:
-                continue
-            segment, chunk = graph_segment(ids, types, device)
-            record("ours-graphs", scenario, lengths, timer.ms(lambda: graphs(segment, chunk.num_tokens), iters), chunk.num_tokens)
-
-            def end_to_end():
-                host = pack_chunks(ids, types, [chunk], pin_memory=True)
-                return graphs(host.to(device, non_blocking=True), chunk.num_tokens).cpu()
-
-            record("ours-e2e", scenario, lengths, timer.wall_ms(end_to_end, iters), chunk.num_tokens)
+            if exact.uniform:  # the same batch through varlen_attn instead of dense SDPA
+                ragged = dataclasses.replace(exact, uniform=False)
+                record("ours-eager-varlen", scenario, lengths, timer.ms(lambda: ours(ragged), iters), exact.num_tokens)
+            if graphs is not None:
+                segment, chunk = graph_segment(ids, types, device)
+                ms = timer.ms(lambda: graphs(segment, chunk.num_tokens), iters)
+                record("ours-graphs", scenario, lengths, ms, chunk.num_tokens)
+            # What the handler runs after tokenizing: BertRunner.encode with the archive's default options
+            # (host packing, one H2D copy, eager for chunks over graph_max_tokens, one D2H copy).
+            runner = BertRunner(ours, SimpleNamespace(max_length=MAX_SEQLEN, pad_token_id=0), BertOptions(),
+                                device, ["negative", "positive"], ours, graphs)
+            tokenized = Tokenized(ids, types, [False] * len(ids))
+            record("ours-e2e", scenario, lengths, timer.wall_ms(lambda: runner.encode(tokenized), iters), sum(lengths))
+        report["tokenize_ms_256_texts"] = tokenize_ms(args.tiny)
+        log(f"tokenizing 256 texts of ~90 words (made-up WordPiece vocab): {report['tokenize_ms_256_texts']} ms")
         report["targets"] = targets(report)
         save()
         print_table(report)
@@ -325,11 +338,31 @@ def main() -> int:
     return 0 if all(r["pass"] for r in report["correctness"]) else 1
 
 
+def tokenize_ms(tiny: bool) -> float:
+    """The handler's BatchTokenizer (fast tokenizer, one call per batch) over 256 English-like texts."""
+    import tempfile
+
+    from handlers.text.tokenize import BatchTokenizer
+    from handlers.text.vocab import build_vocab, save_wordpiece_tokenizer
+
+    vocab = build_vocab()
+    words = [w for w in vocab[200:1200] if w.isalpha()]
+    rng = random.Random(0)
+    texts = [" ".join(rng.choice(words) for _ in range(rng.randint(10, 110))) for _ in range(256)]
+    with tempfile.TemporaryDirectory() as tmp:
+        save_wordpiece_tokenizer(Path(tmp), vocab)
+        tokenizer = BatchTokenizer.from_dir(Path(tmp), MAX_SEQLEN)
+    tokenizer(texts)
+    t0 = time.perf_counter()
+    for _ in range(3 if tiny else 10):
+        tokenizer(texts)
+    return round((time.perf_counter() - t0) * 1000 / (3 if tiny else 10), 2)
+
+
 def profile_main(args) -> int:
     """Where the time goes: per-kernel breakdown of one forward, GEMM and epilogue microbenchmarks, options."""
     from handlers.text.encoder import EncoderConfig, PackedBert
-    from handlers.text.triton_ops import TritonGemmOps, TritonOps
-    from handlers.text import triton_gemm
+    from handlers.text.triton_ops import TritonOps
 
     device = torch.device("cuda")
     report: dict = {"device": torch.cuda.get_device_name(device), "torch": torch.__version__, "profile": {}}
@@ -389,19 +422,10 @@ def profile_main(args) -> int:
                 row = {"m": m, "n": n, "k": k}
                 row["cublas_ms"] = timer.ms(lambda: torch.nn.functional.linear(x, w), 20)
                 row["cublas_bias_ms"] = timer.ms(lambda: torch.nn.functional.linear(x, w, b), 20)
-                try:
-                    row["triton_bias_ms"] = timer.ms(lambda: triton_gemm.linear(x, w, b), 20)
-                    if n == 4096:
-                        row["triton_bias_gelu_ms"] = timer.ms(lambda: triton_gemm.linear(x, w, b, gelu=True), 20)
-                        row["cublas_then_triton_gelu_ms"] = timer.ms(lambda: TritonOps.bias_gelu(torch.nn.functional.linear(x, w), b), 20)
-                        ref = torch.nn.functional.gelu(torch.nn.functional.linear(x, w, b).float())
-                        row["triton_gelu_max_err"] = float((triton_gemm.linear(x, w, b, gelu=True).float() - ref).abs().max())
-                except Exception as exc:  # noqa: BLE001
-                    row["triton_error"] = f"{type(exc).__name__}: {exc}"[:300]
+                if n == 4096:
+                    row["cublas_then_triton_gelu_ms"] = timer.ms(lambda: TritonOps.bias_gelu(torch.nn.functional.linear(x, w), b), 20)
                 row = {k2: (round(v, 4) if isinstance(v, float) else v) for k2, v in row.items()}
                 row["cublas_tflops"] = tflops(m, n, k, row["cublas_ms"])
-                if "triton_bias_ms" in row:
-                    row["triton_tflops"] = tflops(m, n, k, row["triton_bias_ms"])
                 gemms.append(row)
                 print("gemm", row)
         prof["gemms"] = gemms
@@ -435,12 +459,6 @@ def profile_main(args) -> int:
         forward = {}
         forward["triton_ops_fixed128"] = timer.ms(lambda: model(batch), 10)
         forward["triton_ops_mixed"] = timer.ms(lambda: model(mbatch), 10)
-        model.ops = TritonGemmOps()
-        try:
-            forward["triton_gemm_ops_fixed128"] = timer.ms(lambda: model(batch), 10)
-            forward["triton_gemm_ops_mixed"] = timer.ms(lambda: model(mbatch), 10)
-        except Exception as exc:  # noqa: BLE001
-            forward["triton_gemm_error"] = f"{type(exc).__name__}: {exc}"[:300]
         model.ops = TorchOps()
         forward["torch_ops_fixed128"] = timer.ms(lambda: model(batch), 10)
         model.ops = TritonOps()
@@ -453,7 +471,7 @@ def profile_main(args) -> int:
         for slots, seqlen in ((256, 128), (256, 512)):
             g = CudaGraphRunner(model, device, slots, seqlen)
             seg, chunk = None, None
-            (chunk,) = plan_chunks(mixed, slots, MAX_TOKENS, bucketed=True, fixed_max_seqlen=seqlen)
+            (chunk,) = plan_chunks(mixed, slots, MAX_TOKENS, graph_max_tokens=MAX_TOKENS, graph_max_seqlen=seqlen)
             seg = pack_chunks(mids, mtypes, [chunk]).to(device)
             forward[f"graphs_mixed_slots{slots}_maxseqlen{seqlen}_tokens{chunk.num_tokens}"] = timer.ms(lambda: g(seg, chunk.num_tokens), 10)
         prof["forward_ms"] = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in forward.items()}
@@ -463,6 +481,8 @@ def profile_main(args) -> int:
 
 
 def targets(report: dict) -> dict:
+    if report["config"] == "tiny":
+        return {}
     best: dict[str, float] = {}
     hf: dict[str, float] = {}
     for row in report["results"]:
@@ -485,10 +505,10 @@ def targets(report: dict) -> dict:
 def print_table(report: dict) -> None:
     print(f"\nBERT on {report['device']} (torch {report['torch']}, transformers {report['transformers']})")
     print(f"ours: {report.get('ours')}")
-    print(f"{'variant':16s} {'scenario':16s} {'batch':>5s} {'seq/s':>9s} {'ms/batch':>9s} {'vs HF fp16':>10s}")
+    print(f"{'variant':18s} {'scenario':16s} {'batch':>5s} {'seq/s':>9s} {'ms/batch':>9s} {'vs HF fp16':>10s}")
     for r in report["results"]:
         speedup = r.get("speedup_vs_hf_fp16_sdpa")
-        print(f"{r['variant']:16s} {r['scenario']:16s} {r['batch']:5d} {r['seq_per_s']:9.1f} {r['ms_per_batch']:9.2f} "
+        print(f"{r['variant']:18s} {r['scenario']:16s} {r['batch']:5d} {r['seq_per_s']:9.1f} {r['ms_per_batch']:9.2f} "
               f"{(f'{speedup:.2f}x' if speedup else ''):>10s}")
     for c in report["correctness"]:
         print(f"correctness {c['batch']:28s} pass={c['pass']}  ours max/mean {c['ours_hidden_max_err']:.2e}/"

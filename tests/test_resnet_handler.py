@@ -97,3 +97,44 @@ def test_predictions_match_reference_pipeline(handler):
     for row, result in enumerate(out):
         assert result["predictions"][0]["index"] == int(ref_top.indices[row, 0])
         assert abs(result["predictions"][0]["probability"] - float(ref_top.values[row, 0])) < 1e-4
+
+
+def test_engine_failure_refuses_or_falls_back_per_config(handler):
+    from handlers.vision.classifier import ImageClassifier
+
+    _, model_dir = handler
+    cpu = torch.device("cpu")
+    # The cudnn engine cannot build on a CPU worker: a stand-in for any engine build failure.
+    with pytest.raises(RuntimeError, match="cudnn engine not served.*refusing to start"):
+        ImageClassifier.load(model_dir, ResNetOptions(backend="cudnn"), cpu, max_batch=4)
+    fallback = ImageClassifier.load(model_dir, ResNetOptions(backend="cudnn", on_engine_failure="eager"), cpu, 4)
+    assert fallback.engine.name == "eager"
+    assert any("serving the eager engine" in note for note in fallback.notes)
+
+
+def test_out_of_memory_batch_is_split_and_retried(handler):
+    h, model_dir = handler
+    classifier = h.classifier
+    real_engine = classifier.engine
+    seen = []
+
+    class SmallMemoryEngine:
+        """Runs out of GPU memory above 2 images, like a card with too little free memory."""
+
+        name, spec = real_engine.name, real_engine.spec
+
+        def __call__(self, batch):
+            seen.append(batch.shape[0])
+            if batch.shape[0] > 2:
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+            return real_engine(batch)
+
+    classifier.engine = SmallMemoryEngine()
+    try:
+        blobs = [jpeg_bytes(s) for s in range(5)]
+        split = classifier.classify_blobs(blobs)
+    finally:
+        classifier.engine = real_engine
+    whole = classifier.classify_blobs(blobs)
+    assert seen == [5, 2, 3, 1, 2]  # 5 fails -> 2 + 3; 3 fails -> 1 + 2
+    assert [r["predictions"][0]["index"] for r in split] == [r["predictions"][0]["index"] for r in whole]

@@ -62,7 +62,7 @@ def test_cuda_graphs_match_eager(models):
     ours.ops, _ = select_ops("auto", torch.device("cuda"), compiled=False)
     graphs = CudaGraphRunner(ours, torch.device("cuda"), seq_slots=8, max_seqlen=512)
     ids, types = random_sequences(LENGTHS, 3000)
-    (chunk,) = plan_chunks([len(i) for i in ids], 8, 4096, bucketed=True, fixed_max_seqlen=512)
+    (chunk,) = plan_chunks([len(i) for i in ids], 8, 4096, graph_max_tokens=4096, graph_max_seqlen=512)
     out = graphs(pack_chunks(ids, types, [chunk]).cuda(), chunk.num_tokens)[: len(ids)]
     with torch.inference_mode():
         eager = ours(packed_batch(ids, types, device="cuda"))

@@ -27,9 +27,10 @@ def test_token_bucket_bounds_waste_and_is_monotonic():
 
 def test_graph_buckets_cover_every_chunk_size():
     buckets = set(graph_buckets(32768))
-    assert max(buckets) == 32768 and len(buckets) <= 64
+    assert max(buckets) == 32768 and len(buckets) == 64
     for n in range(1, 32769, 97):
-        assert min(token_bucket(n), 32768) in buckets
+        assert token_bucket(n) in buckets
+    assert max(graph_buckets(8192)) == 8192 and len(graph_buckets(8192)) == 32
 
 
 def test_plan_chunks_respects_sequence_and_token_limits():
@@ -61,8 +62,9 @@ def test_exact_layout_fields():
 def test_bucketed_layout_pads_tokens_and_slots_outside_every_sequence():
     lengths = [3, 5]
     ids, types = _seqs(lengths)
-    (chunk,) = plan_chunks(lengths, 4, 1024, bucketed=True, fixed_max_seqlen=16)
-    assert (chunk.num_tokens, chunk.seq_slots, chunk.max_seqlen) == (256, 4, 16)
+    (chunk,) = plan_chunks(lengths, 4, 1024, graph_max_tokens=256, graph_max_seqlen=16)
+    assert (chunk.num_tokens, chunk.seq_slots, chunk.max_seqlen, chunk.graphed) == (256, 4, 16, True)
+    assert not chunk.uniform
     batch = view_segment(pack_chunks(ids, types, [chunk], pad_token_id=0), 256, 4, 16)
     assert batch.cu_seqlens.tolist() == [0, 3, 8, 8, 8]  # empty slots repeat the end
     assert batch.first_token.tolist() == [0, 3, 0, 0]
@@ -82,3 +84,17 @@ def test_several_chunks_in_one_buffer():
     for c in chunks:
         b = view_segment(host[c.offset : c.offset + c.size], c.num_tokens, c.seq_slots, c.max_seqlen)
         assert b.input_ids.tolist() == sum(ids[c.start : c.stop], [])
+
+
+def test_only_small_chunks_are_laid_out_for_graphs():
+    lengths = [100] * 30 + [10] * 3
+    chunks = plan_chunks(lengths, 10, 100_000, graph_max_tokens=512, graph_max_seqlen=128)
+    assert [c.graphed for c in chunks] == [False, False, False, True]
+    assert [(c.num_tokens, c.seq_slots, c.max_seqlen) for c in chunks] == [(1000, 10, 100)] * 3 + [(256, 10, 128)]
+    assert [c.uniform for c in chunks] == [True, True, True, False]
+
+
+def test_uniform_needs_equal_lengths_and_no_padding():
+    assert plan_chunks([7, 7, 7], 8, 100)[0].uniform
+    assert not plan_chunks([7, 6, 7], 8, 100)[0].uniform
+    assert not plan_chunks([7, 7, 7], 8, 100, fixed_max_seqlen=16)[0].uniform

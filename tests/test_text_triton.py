@@ -28,7 +28,7 @@ for dtype, tol in ((torch.float32, 1e-5), (torch.float16, 2e-3)):
     bias = torch.randn(200, dtype=dtype)
     ref = TorchOps.bias_gelu(x.float(), bias.float())
     out = TritonOps.bias_gelu(x.clone(), bias)
-    assert (out.float() - ref).abs().max() < tol * 5, ("gelu", dtype)
+    assert (out.float() - ref).abs().max() < tol * (1 if dtype == torch.float32 else 5), ("gelu", dtype)
     norm = nn.LayerNorm(96, eps=1e-12)
     with torch.no_grad():
         norm.weight.uniform_(0.5, 1.5); norm.bias.normal_()

@@ -83,13 +83,12 @@ def label_names(hf_config: Any, num_labels: int) -> list[str]:
     return [id2label.get(i, f"LABEL_{i}") for i in range(num_labels)]
 
 
-def graph_buckets(max_tokens: int) -> list[int]:
-    """Every bucket ``plan_chunks(bucketed=True)`` can produce up to ``max_tokens``."""
+def graph_buckets(graph_max_tokens: int) -> list[int]:
+    """Every token bucket ``plan_chunks(graph_max_tokens=...)`` lays out for a CUDA graph."""
     buckets, n = [], 1
-    while n <= max_tokens:
-        b = min(token_bucket(n), max_tokens)
-        buckets.append(b)
-        n = b + 1
+    while token_bucket(n) <= graph_max_tokens:
+        buckets.append(token_bucket(n))
+        n = buckets[-1] + 1
     return buckets
 
 
@@ -117,13 +116,14 @@ class BertRunner:
     @torch.inference_mode()
     def encode(self, tokenized: Tokenized) -> torch.Tensor:
         """Tokenized texts -> (N, out) float32 CPU tensor. One H2D copy, one D2H copy; no other host sync."""
-        fixed = self.tokenizer.max_length if (self.graphs is not None or self.options.compile) else None
         chunks = plan_chunks(
             tokenized.lengths,
             self.options.max_batch_sequences,
             self.options.max_batch_tokens,
-            bucketed=self.graphs is not None,
-            fixed_max_seqlen=fixed,
+            graph_max_tokens=self.options.graph_max_tokens if self.graphs is not None else 0,
+            graph_max_seqlen=self.tokenizer.max_length,
+            # compiled: one padded length, so no recompiles (varlen's max_seqlen only sizes its grid)
+            fixed_max_seqlen=self.tokenizer.max_length if self.options.compile else None,
         )
         on_gpu = self.device.type == "cuda"
         host = pack_chunks(tokenized.ids, tokenized.type_ids, chunks, self.tokenizer.pad_token_id, pin_memory=on_gpu)
@@ -131,10 +131,11 @@ class BertRunner:
         outputs = []
         for chunk in chunks:
             segment = packed[chunk.offset : chunk.offset + chunk.size]
-            if self.graphs is not None:
+            if chunk.graphed:
                 out = self.graphs(segment, chunk.num_tokens)
             else:
-                out = self.forward(view_segment(segment, chunk.num_tokens, chunk.seq_slots, chunk.max_seqlen))
+                batch = view_segment(segment, chunk.num_tokens, chunk.seq_slots, chunk.max_seqlen, chunk.uniform)
+                out = self.forward(batch)
             outputs.append(out[: chunk.stop - chunk.start])
         return torch.cat(outputs).cpu()  # the batch's one sync
 
@@ -166,7 +167,7 @@ def build_runner(
     graphs, graphs_reason = None, "off (config)"
     if options.cuda_graphs and on_gpu:
         graphs = CudaGraphRunner(forward, device, options.max_batch_sequences, max_length, tokenizer.pad_token_id, log)
-        graphs_reason = f"on, {options.max_batch_sequences} sequence slots, buckets up to {options.max_batch_tokens} tokens"
+        graphs_reason = f"on for chunks up to {options.graph_max_tokens} tokens ({options.max_batch_sequences} slots)"
     elif options.cuda_graphs:
         graphs_reason = f"off: no CUDA graphs on {device}"
     labels = label_names(hf_config, model.cfg.num_labels) if head == "classify" else []
@@ -184,7 +185,7 @@ def build_runner(
     runner = BertRunner(model, tokenizer, options, device, labels, forward, graphs, description)
     with torch.inference_mode():
         if graphs is not None and options.capture_at_start:
-            graphs.capture_all(graph_buckets(options.max_batch_tokens))
+            graphs.capture_all(graph_buckets(options.graph_max_tokens))
         runner.run(["warm up"])  # Triton JIT / compile / first graph before the first request
     return runner
 

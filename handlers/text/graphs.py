@@ -1,8 +1,9 @@
 """CUDA graphs for the packed encoder: one graph per packed-token bucket, all sharing one memory pool.
 
 A graph is captured on a segment of fixed shape (``token_bucket`` tokens x ``seq_slots`` sequences x a fixed
-``max_seqlen``), so any chunk laid out by ``plan_chunks(..., bucketed=True)`` replays it after one
-device-to-device copy into the graph's input segment. Outputs are cloned out of the graph's static buffer
+``max_seqlen``), so any chunk that ``plan_chunks(..., graph_max_tokens=...)`` lays out for graphs replays it
+after one device-to-device copy into the graph's input segment. Only small chunks take graphs: there the
+~170 launches of a forward cost more than the GPU work; big chunks are GPU-bound and run eagerly. Outputs are cloned out of the graph's static buffer
 (tiny: S x labels or S x H), so several chunks of one batch can replay the same graph.
 """
 

@@ -27,7 +27,8 @@ class BertOptions:
     attention: Literal["auto", "varlen", "sdpa"] = "auto"
     fusion: Literal["auto", "triton", "torch"] = "auto"
     compile: bool = False  # torch.compile the encoder (Inductor fuses the epilogues)
-    cuda_graphs: bool = True  # GPU only: one graph per packed-token bucket
+    cuda_graphs: bool = True  # GPU only: one graph per packed-token bucket, for chunks up to graph_max_tokens
+    graph_max_tokens: int = 8192  # larger chunks are GPU-bound: they run eagerly, with no bucket padding
     capture_at_start: bool = True  # capture every bucket's graph in initialize (else on first use)
     backend: Literal["torch", "tensorrt"] = "torch"
     tensorrt_engine: str = ""  # where to cache the serialized engine ("" = model_dir/bert.engine)
@@ -35,7 +36,7 @@ class BertOptions:
     def validate(self) -> None:
         if self.max_length < 0:
             raise ConfigError("handler.max_length must be >= 0")
-        for name in ("max_items_per_request", "max_text_chars", "max_batch_sequences", "max_batch_tokens"):
+        for name in ("max_items_per_request", "max_text_chars", "max_batch_sequences", "max_batch_tokens", "graph_max_tokens"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"handler.{name} must be >= 1")
         if self.task == "classify" and (self.pooling != "cls" or self.normalize):

@@ -10,7 +10,8 @@ varlen attention, the gather/scatter indices for padding-based fallbacks, the CL
 that segment, so no layer ever asks the host anything.
 
 A chunk can be laid out larger than its content, which is what CUDA graphs need (fixed shapes):
-``num_tokens`` rounds up to a bucket (``token_bucket``) and ``seq_slots`` to a fixed slot count. Extra slots
+``num_tokens`` rounds up to a bucket (``token_bucket``) and ``seq_slots`` to a fixed slot count. Only small
+chunks are worth it (launch-bound); large chunks are GPU-bound and run exactly, without bucket waste. Extra slots
 are empty sequences (``cu_seqlens`` repeats the last offset; ``first_token`` 0). Extra tokens are pad tokens
 that belong to no sequence: they lie outside ``cu_seqlens`` (varlen attention never reads or writes them),
 their ``seq_id`` is the trash slot ``seq_slots`` (dropped by pooling) and every other op is row-wise, so they
@@ -20,6 +21,7 @@ cannot leak into real results.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import chain
 from typing import Sequence
 
 import numpy as np
@@ -39,10 +41,18 @@ class ChunkLayout:
     seq_slots: int  # >= stop - start
     max_seqlen: int  # padded length for dense fallbacks and the varlen kernel's grid
     offset: int = 0  # where the chunk's segment starts in the batch buffer
+    graphed: bool = False  # laid out for a CUDA graph (bucketed tokens, fixed slots and max_seqlen)
 
     @property
     def size(self) -> int:
         return segment_size(self.num_tokens, self.seq_slots)
+
+    @property
+    def uniform(self) -> bool:
+        """Every slot holds a sequence of exactly ``max_seqlen`` tokens: packed is then also dense (S, L)."""
+        return self.real_tokens == self.num_tokens == (self.stop - self.start) * self.max_seqlen and (
+            self.stop - self.start == self.seq_slots
+        )
 
 
 def segment_size(num_tokens: int, seq_slots: int) -> int:
@@ -61,6 +71,7 @@ class PackedBatch:
     cu_seqlens: torch.Tensor  # (S+1,) int64
     first_token: torch.Tensor  # (S,) int64, index of each sequence's [CLS] token (0 for empty slots)
     max_seqlen: int
+    uniform: bool = False  # host-known: all S sequences have max_seqlen tokens (T == S * L, no pad tokens)
 
     @property
     def num_tokens(self) -> int:
@@ -71,7 +82,9 @@ class PackedBatch:
         return self.first_token.shape[0]
 
 
-def view_segment(buffer: torch.Tensor, num_tokens: int, seq_slots: int, max_seqlen: int) -> PackedBatch:
+def view_segment(
+    buffer: torch.Tensor, num_tokens: int, seq_slots: int, max_seqlen: int, uniform: bool = False
+) -> PackedBatch:
     """Split a flat int64 segment (host or device) into the fields of a ``PackedBatch``; no copies."""
     t = num_tokens
     fields = buffer[: NUM_TOKEN_FIELDS * t].view(NUM_TOKEN_FIELDS, t)
@@ -85,6 +98,7 @@ def view_segment(buffer: torch.Tensor, num_tokens: int, seq_slots: int, max_seql
         cu_seqlens=tail[: seq_slots + 1],
         first_token=tail[seq_slots + 1 :],
         max_seqlen=max_seqlen,
+        uniform=uniform,
     )
 
 
@@ -102,22 +116,26 @@ def plan_chunks(
     max_sequences: int,
     max_tokens: int,
     *,
-    bucketed: bool = False,
+    graph_max_tokens: int = 0,
+    graph_max_seqlen: int = 0,
     fixed_max_seqlen: int | None = None,
 ) -> list[ChunkLayout]:
     """Split sequences (in order) into chunks of at most ``max_sequences`` sequences and ``max_tokens`` tokens.
 
-    ``bucketed``: lay each chunk out at ``token_bucket(tokens)`` x ``max_sequences`` (fixed shapes for CUDA
-    graphs). ``fixed_max_seqlen``: use this padded length instead of the chunk's longest sequence.
+    A chunk whose ``token_bucket`` is at most ``graph_max_tokens`` is laid out for a CUDA graph:
+    ``token_bucket(tokens)`` x ``max_sequences`` slots x ``graph_max_seqlen``. Other chunks are laid out exactly
+    (no pad tokens, no empty slots) with ``fixed_max_seqlen`` or else their longest sequence as padded length.
     """
     chunks: list[ChunkLayout] = []
     start, tokens, longest, offset = 0, 0, 0, 0
 
     def close(stop: int) -> None:
         nonlocal offset
-        num_tokens = min(token_bucket(tokens), max(max_tokens, tokens)) if bucketed else tokens
-        slots = max_sequences if bucketed else stop - start
-        layout = ChunkLayout(start, stop, tokens, num_tokens, slots, fixed_max_seqlen or longest, offset)
+        bucket = token_bucket(tokens)
+        if bucket <= graph_max_tokens:
+            layout = ChunkLayout(start, stop, tokens, bucket, max_sequences, graph_max_seqlen, offset, graphed=True)
+        else:
+            layout = ChunkLayout(start, stop, tokens, tokens, stop - start, fixed_max_seqlen or longest, offset)
         chunks.append(layout)
         offset += layout.size
 
@@ -155,10 +173,8 @@ def pack_chunks(
         starts = np.zeros(n_seqs, dtype=np.int64)
         np.cumsum(lens[:-1], out=starts[1:])
         if real:
-            fields[0, :real] = np.concatenate([np.asarray(ids[i], dtype=np.int64) for i in range(c.start, c.stop)])
-            fields[1, :real] = np.concatenate(
-                [np.asarray(type_ids[i], dtype=np.int64) for i in range(c.start, c.stop)]
-            )
+            fields[0, :real] = np.fromiter(chain.from_iterable(ids[c.start : c.stop]), np.int64, real)
+            fields[1, :real] = np.fromiter(chain.from_iterable(type_ids[c.start : c.stop]), np.int64, real)
             seq = np.repeat(np.arange(n_seqs, dtype=np.int64), lens)
             pos = np.arange(real, dtype=np.int64) - np.repeat(starts, lens)
             fields[2, :real] = pos

@@ -83,13 +83,20 @@ def padded_batch(ids, type_ids, pad_id: int = 0, device="cpu", pad_to: int | Non
 
 
 def packed_batch(ids, type_ids, device="cpu", bucketed: bool = False, seq_slots: int | None = None, max_seqlen=None):
-    """One chunk on ``device``: the exact layout, or the CUDA-graph layout (bucketed tokens, fixed slots)."""
+    """One chunk on ``device``: the exact layout, or the CUDA-graph layout (bucketed tokens, fixed slots and
+    ``max_seqlen``)."""
     lengths = [len(i) for i in ids]
+    limit = max(sum(lengths), 256)
     (chunk,) = plan_chunks(
-        lengths, seq_slots or len(ids), max(sum(lengths), 256), bucketed=bucketed, fixed_max_seqlen=max_seqlen
+        lengths,
+        seq_slots or len(ids),
+        limit,
+        graph_max_tokens=2 * limit if bucketed else 0,
+        graph_max_seqlen=max_seqlen or max(lengths),
+        fixed_max_seqlen=max_seqlen,
     )
     segment = pack_chunks(ids, type_ids, [chunk]).to(device)
-    return view_segment(segment, chunk.num_tokens, chunk.seq_slots, chunk.max_seqlen)
+    return view_segment(segment, chunk.num_tokens, chunk.seq_slots, chunk.max_seqlen, chunk.uniform)
 
 
 @torch.inference_mode()

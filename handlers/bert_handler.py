@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from handlers.common import RequestError, device_for, finish_batch, record_batch
+from handlers.common import RequestError, claim_device, finish_batch, record_batch
 from handlers.config import options_from_context
 from handlers.text.bert import build_runner
 from handlers.text.options import BertOptions
@@ -39,7 +39,7 @@ class BertHandler:
     def initialize(self, context):
         self.options = options_from_context(BertOptions, context)
         model_dir = Path(context.system_properties["model_dir"])
-        self.runner = build_runner(model_dir, self.options, device_for(context), log=logger.info)
+        self.runner = build_runner(model_dir, self.options, claim_device(context), log=logger.info)
         self.initialized = True
 
     def preprocess(self, data):

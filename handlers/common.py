@@ -95,6 +95,20 @@ def record_batch(context: Any, batch_size: int, padded_to: int | None = None) ->
         metrics.add_metric("HandlerPaddedBatchSize", padded_to, "count", metric_type=MetricTypes.GAUGE)
 
 
+def claim_device(context: Any) -> str:
+    """The worker's device (``device_for``), made current for this process when it is a GPU.
+
+    Everything that uses the *current* device (CUDA graph capture streams, pinned staging buffers, TensorRT
+    runtimes) then lands on the worker's GPU rather than on cuda:0.
+    """
+    device = device_for(context)
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.set_device(device)
+    return device
+
+
 def device_for(context: Any, allow_gpu: bool = True) -> str:
     """``cuda:{gpu_id}`` when TorchServe assigned this worker a GPU, else ``cpu``."""
     import torch

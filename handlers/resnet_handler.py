@@ -12,7 +12,7 @@ import logging
 try:
     import torch
 
-    from handlers.common import RequestError, device_for, finish_batch, payload_bytes, record_batch, request_payload
+    from handlers.common import RequestError, claim_device, finish_batch, payload_bytes, record_batch, request_payload
     from handlers.config import options_from_context
     from handlers.vision.classifier import ImageClassifier, ResNetOptions
 except ImportError as err:  # TorchServe would report this as "No module named 'ts.torch_handler...'"
@@ -30,7 +30,7 @@ class ResNetHandler:
 
     def initialize(self, context):
         options = options_from_context(ResNetOptions, context)
-        device = torch.device(device_for(context))
+        device = torch.device(claim_device(context))
         max_batch = int(context.system_properties.get("batch_size") or 1)
         self.classifier = ImageClassifier.load(context.system_properties["model_dir"], options, device, max_batch)
 

@@ -170,7 +170,8 @@ def test_torchserve_runs_in_the_foreground_from_the_mounted_config_and_store(spe
     args = ts["args"]
     assert args[:4] == ["torchserve", "--start", "--foreground", "--ncs"]
     config_mount = mounts(ts)["config"]
-    assert config_mount["readOnly"] and arg_after(args, "--ts-config") == config_mount["mountPath"] + "/config.properties"
+    assert config_mount["readOnly"]
+    assert arg_after(args, "--ts-config") == config_mount["mountPath"] + "/config.properties"
     assert volumes(spec)["config"]["configMap"]["name"] == the("ConfigMap")["metadata"]["name"]
     store = mounts(ts)["model-store"]
     assert store["readOnly"] and arg_after(args, "--model-store") == store["mountPath"]
@@ -221,6 +222,8 @@ def test_proxy_points_at_torchserve_as_configured():
     assert arg_after(proxy["args"], "--inference") == config["inference_address"]
     assert arg_after(proxy["args"], "--management") == config["management_address"]
     assert int(arg_after(proxy["args"], "--max-body")) == int(config["max_request_size"])
+    listen_port = int(arg_after(proxy["args"], "--listen").rsplit(":", 1)[1])
+    assert [p["containerPort"] for p in proxy["ports"] if p["name"] == "http"] == [listen_port]
 
 
 def test_probes():
@@ -230,7 +233,7 @@ def test_probes():
     ready = proxy["readinessProbe"]["httpGet"]
     assert ready["path"] == "/ping" and ready["port"] == "http"
     assert proxy["livenessProbe"]["httpGet"]["path"] == "/livez"
-    # TorchServe itself: its metrics endpoint (no token), with a start-up allowance for engine builds.
+    # TorchServe itself: its metrics endpoint (no token), with a generous start-up allowance.
     for probe in ("startupProbe", "livenessProbe"):
         assert ts[probe]["httpGet"] == {"path": "/metrics", "port": "metrics"}
     startup = ts["startupProbe"]
@@ -294,7 +297,8 @@ def test_autoscaling_metric_is_built_from_metrics_torchserve_exposes():
     adapter = yaml.safe_load((K8S / "monitoring" / "prometheus-adapter-values.yaml").read_text())["rules"]["custom"]
     served = {rule["name"]["as"]: rule for rule in adapter}
     for rule in adapter:
-        used = set(re.findall(r"\b(ts_\w+)\{", rule["metricsQuery"])) | set(re.findall(r"^(\w+)\{", rule["seriesQuery"]))
+        used = set(re.findall(r"\b(ts_\w+)\{", rule["metricsQuery"]))
+        used |= set(re.findall(r"^(\w+)\{", rule["seriesQuery"]))
         assert used and used <= exposed, used - exposed
     hpa = the("HorizontalPodAutoscaler")["spec"]
     for metric in hpa["metrics"]:

@@ -105,3 +105,29 @@ def test_uniform_length_chunks_run_dense_attention(tiny):
     hf_hidden, hf_probs = hf_forward(hf, input_ids, token_types, mask)
     hidden, probs = ours_forward(ours, batch, len(ids))
     assert max_error(hidden, hf_hidden) < 2e-5 and max_error(probs, hf_probs) < 1e-5
+
+
+def test_varlen_load_time_smoke_test_logic():
+    """The GPU load-time check of varlen_attn, run against a per-sequence CPU stand-in (and a broken one)."""
+    import torch.nn.functional as F
+
+    from handlers.text.attention import _smoke_test
+
+    class LoopVarlen:
+        def __init__(self, broken=False):
+            self.broken = broken
+
+        def prepare(self, batch):
+            return batch.cu_seqlens.tolist()
+
+        def __call__(self, qkv, cu):
+            out = torch.zeros(qkv.shape[0], qkv.shape[2], qkv.shape[3])
+            for a, b in zip(cu[:-1], cu[1:]):
+                if b > a and not self.broken:
+                    q, k, v = qkv[a:b].transpose(0, 2).unbind(1)
+                    out[a:b] = F.scaled_dot_product_attention(q, k, v).transpose(0, 1)
+            return out
+
+    _smoke_test(LoopVarlen(), torch.device("cpu"), torch.float32, 64, 512)
+    with pytest.raises(ValueError, match="disagrees"):
+        _smoke_test(LoopVarlen(broken=True), torch.device("cpu"), torch.float32, 64, 512)

@@ -96,7 +96,9 @@ def dense_attention(qkv: torch.Tensor, additive_mask: torch.Tensor) -> torch.Ten
     return F.scaled_dot_product_attention(q, k, v, attn_mask=additive_mask).transpose(1, 2)
 
 
-def varlen_unavailable_reason(device: torch.device, dtype: torch.dtype, head_dim: int) -> str | None:
+def varlen_unavailable_reason(
+    device: torch.device, dtype: torch.dtype, head_dim: int, max_seqlen: int = 512
+) -> str | None:
     """Why ``VarlenAttention`` cannot run here, or None if it can (checked once, at load time)."""
     if device.type != "cuda":
         return f"varlen_attn needs CUDA, the device is {device}"
@@ -110,29 +112,42 @@ def varlen_unavailable_reason(device: torch.device, dtype: torch.dtype, head_dim
         backend = VarlenAttention()
     except ImportError as exc:
         return f"torch {torch.__version__} has no torch.nn.attention.varlen ({exc})"
-    try:  # one tiny call on this device, in the layout the encoder uses, checked against SDPA
-        gen = torch.Generator(device=device).manual_seed(0)
-        qkv = torch.randn(7, 3, 2, head_dim, device=device, dtype=dtype, generator=gen)
-        cu = torch.tensor([0, 3, 7], device=device, dtype=torch.int64)
-        batch = PackedBatch(*(torch.zeros(7, dtype=torch.int64, device=device),) * 5, cu, cu[:-1], 4)
-        out = backend(qkv, backend.prepare(batch))
-        q, k, v = qkv[3:].transpose(0, 2).unbind(1)  # second sequence, (H, L, D)
-        ref = F.scaled_dot_product_attention(q[None], k[None], v[None])[0].transpose(0, 1)
-        if not torch.allclose(out[3:].float(), ref.float(), atol=2e-2, rtol=2e-2):
-            return "varlen_attn smoke test disagrees with SDPA"
+    try:
+        _smoke_test(backend, device, dtype, head_dim, max_seqlen)
     except Exception as exc:  # noqa: BLE001 - any failure means: don't use it, and say why
         return f"varlen_attn smoke test failed: {type(exc).__name__}: {exc}"
     return None
 
 
-def select_attention(preference: str, device: torch.device, dtype: torch.dtype, head_dim: int):
+def _smoke_test(backend: "VarlenAttention", device, dtype, head_dim: int, max_seqlen: int) -> None:
+    """One small call in the layouts the encoder uses (interleaved QKV views; the CUDA-graph layout with an
+    empty slot, pad tokens past ``cu_seqlens`` and the fixed ``max_seqlen``, which can switch torch's kernel
+    choice), checked sequence by sequence against SDPA."""
+    lengths = [3, min(140, max_seqlen)]
+    real = sum(lengths)
+    gen = torch.Generator(device=device).manual_seed(0)
+    qkv = torch.randn(real + 5, 3, 2, head_dim, device=device, dtype=dtype, generator=gen)
+    zeros = torch.zeros(real + 5, dtype=torch.int64, device=device)
+    for cu, length in (([0, 3, real], max(lengths)), ([0, 3, real, real], max_seqlen)):
+        cu = torch.tensor(cu, device=device, dtype=torch.int64)
+        out = backend(qkv, backend.prepare(PackedBatch(zeros, zeros, zeros, zeros, zeros, cu, cu[:-1], length)))
+        for start, n in ((0, 3), (3, lengths[1])):
+            q, k, v = qkv[start : start + n].transpose(0, 2).unbind(1)  # (H, L, D)
+            ref = F.scaled_dot_product_attention(q[None], k[None], v[None])[0].transpose(0, 1)
+            if not torch.allclose(out[start : start + n].float(), ref.float(), atol=2e-2, rtol=2e-2):
+                raise ValueError(f"disagrees with SDPA (max_seqlen={length})")
+
+
+def select_attention(
+    preference: str, device: torch.device, dtype: torch.dtype, head_dim: int, max_seqlen: int = 512
+):
     """Returns ``(backend, reason)``; ``preference`` is ``auto``, ``varlen`` or ``sdpa``.
 
     Asking for ``varlen`` where it cannot run is an error; ``auto`` falls back to SDPA and says why.
     """
     if preference == "sdpa":
         return PaddedSDPAttention(), "sdpa: asked for in config"
-    reason = varlen_unavailable_reason(torch.device(device), dtype, head_dim)
+    reason = varlen_unavailable_reason(torch.device(device), dtype, head_dim, max_seqlen)
     if reason is None:
         return VarlenAttention(), "varlen: packed tokens straight into varlen_attn"
     if preference == "varlen":

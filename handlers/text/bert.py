@@ -161,7 +161,7 @@ def build_runner(
         raise ValueError(f"max_batch_tokens={options.max_batch_tokens} must be >= max_length={max_length}")
     tokenizer = BatchTokenizer.from_dir(model_dir, max_length)
 
-    model.attention, attention_reason = select_attention(options.attention, device, dtype, model.cfg.head_dim)
+    model.attention, attention_reason = select_attention(options.attention, device, dtype, model.cfg.head_dim, max_length)
     model.ops, ops_reason = select_ops(options.fusion, device, compiled=options.compile)
     forward = torch.compile(model, dynamic=True) if options.compile else model  # the one compile call site
     graphs, graphs_reason = None, "off (config)"

@@ -9,10 +9,9 @@ from typing import Sequence
 
 import torch
 
-from handlers.text.encoder import PackedBert, unpack_hidden
+from handlers.text.encoder import EncoderConfig, PackedBert, unpack_hidden
 from handlers.text.packing import pack_chunks, plan_chunks, view_segment
 from handlers.text.remap import hf_to_packed
-from handlers.text.encoder import EncoderConfig
 
 BERT_LARGE = dict(
     vocab_size=30522,

@@ -74,6 +74,9 @@ class EngineCache:
         self.dir.mkdir(parents=True, exist_ok=True)
         (self.dir / "key.json").write_text(json.dumps(self.key_fields, indent=1, sort_keys=True, default=str))
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(self.dir / "inductor")
+        # Without this Inductor keeps Triton kernels per device index: GPU 1's first worker would recompile
+        # what GPU 0's built. Triton's own key covers the architecture.
+        os.environ["TRITON_CACHE_DIR"] = str(self.dir / "triton")
         if self.ready:
             progress(f"engine cache hit: {self.dir}")
             yield self

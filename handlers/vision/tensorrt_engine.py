@@ -86,7 +86,9 @@ class TensorRTEngine(Engine):
             plan_path = cache.path("engine.plan")
             if not plan_path.exists():
                 progress("exporting ONNX and building the TensorRT engine (minutes)")
-                plan_path.write_bytes(build_serialized_engine(export_onnx(model, spec.image_size), spec))
+                partial = plan_path.with_suffix(".partial")
+                partial.write_bytes(build_serialized_engine(export_onnx(model, spec.image_size), spec))
+                partial.replace(plan_path)  # readers never see a half-written plan
             return cls(plan_path.read_bytes(), spec)
 
     @torch.inference_mode()

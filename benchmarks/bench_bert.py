@@ -3,19 +3,24 @@
 correctness gate, printed as a short table and written as JSON.
 
     python benchmarks/bench_bert.py --out gpu_out/bert.json [--no-compile] [--tiny]
+    python benchmarks/bench_bert.py --handler --out FILE   # the handler end to end (archive files -> handle)
+    python benchmarks/bench_bert.py --profile --out FILE   # kernel breakdown, GEMM/epilogue microbenchmarks
 
 Variants (random seeded BertForSequenceClassification weights, classify head, batches already on the GPU):
-    hf-fp32-eager     HF fp32, eager attention, TF32 off (small batch; also the correctness reference)
-    hf-fp16-sdpa      HF fp16, SDPA attention, padded batch + attention_mask (the baseline of the targets)
-    ours-eager        our encoder, packed tokens, varlen attention + Triton epilogues, plain eager launches
-    ours-graphs       the same replayed from CUDA graphs (packed-token buckets, 256 slots, max_seqlen 512)
-    ours-e2e          ours-graphs plus host packing, the H2D copy and the D2H copy (what the handler pays)
-    ours-compiled     torch.compile(dynamic=True) of the encoder (Inductor fuses the epilogues) in CUDA graphs
+    hf-fp32-eager      HF fp32, eager attention, TF32 off (batch 32; also the correctness reference)
+    hf-fp16-sdpa       HF fp16, SDPA attention, padded batch + attention_mask (the baseline of the targets)
+    ours-eager         our encoder on packed tokens, Triton epilogues; varlen_attn, or dense SDPA on views when
+                       all lengths are equal (the fixed-length scenarios)
+    ours-eager-varlen  the same forcing varlen_attn on the fixed-length scenarios
+    ours-graphs        the whole batch replayed from one CUDA graph (token bucket, 256 slots, max_seqlen 512)
+    ours-e2e           BertRunner.encode with the archive's defaults: host packing, one H2D copy, graphs only
+                       for chunks <= 8192 tokens, one D2H copy (what the handler pays after tokenizing)
+    ours-compiled      torch.compile(dynamic=True) of the encoder (Inductor fuses the epilogues) in CUDA graphs
 Scenarios: fixed length 128 x batch 256, fixed 384 x 64, uniform lengths 16..128 x 256.
-Correctness (mixed-length padded batches): max and mean |ours fp16 - HF fp32| over valid tokens of the last
-hidden state must be <= 3x the same for HF fp16; class probabilities likewise; the CUDA-graph layout (pad tokens,
-empty slots) must agree with the exact layout. JSON is rewritten after every section, so a run cut short
-still leaves its results.
+Correctness (mixed-length and fixed-length padded batches): max and mean |ours fp16 - HF fp32| over valid
+tokens of the last hidden state must be <= 3x the same for HF fp16; class probabilities likewise; the CUDA-graph
+layout (pad tokens, empty slots) must agree with the exact layout. JSON is rewritten after every section, so a
+run cut short still leaves its results.
 """
 
 from __future__ import annotations
@@ -313,7 +318,7 @@ def main() -> int:
 
         # -------------------------------------------------------------------------------------- compiled
         if args.no_compile or graphs is None:
-            return 0 if all(r["pass"] for r in report["correctness"]) else 1
+            return 0 if args.tiny or all(r["pass"] for r in report["correctness"]) else 1  # tiny: fp32 on CPU, no fp16 gate
         t0 = time.time()
         ours_c = packed_from_hf(hf16, head="classify", attention=attention, ops=TorchOps())
         compiled = torch.compile(ours_c, dynamic=True)
@@ -326,7 +331,7 @@ def main() -> int:
             report["compile_error"] = f"{type(exc).__name__}: {exc}"[:2000]
             log(f"compiled variant failed: {report['compile_error']}")
             save()
-            return 0 if all(r["pass"] for r in report["correctness"]) else 1
+            return 0 if args.tiny or all(r["pass"] for r in report["correctness"]) else 1  # tiny: fp32 on CPU, no fp16 gate
         report["compile_s"] = round(time.time() - t0, 1)
         log(f"torch.compile + first graph capture: {report['compile_s']} s")
         save()
@@ -339,7 +344,7 @@ def main() -> int:
     report["targets"] = targets(report)
     save()
     print_table(report)
-    return 0 if all(r["pass"] for r in report["correctness"]) else 1
+    return 0 if args.tiny or all(r["pass"] for r in report["correctness"]) else 1  # tiny: fp32 on CPU, no fp16 gate
 
 
 def tokenize_ms(tiny: bool) -> float:

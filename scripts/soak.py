@@ -255,7 +255,9 @@ def one_line(doc: dict[str, Any]) -> str:
         return f"soak {doc.get('model')}: ERROR {doc['error']}"
     m, t = doc["memory"], doc["totals"]
     verdict = "PASSED" if doc["passed"] else "FAILED: " + "; ".join(doc["failures"])
-    gpu = f", GPU {m['gpu_start_mib']} -> {m['gpu_end_mib']} MiB ({_pct(m['gpu_growth'])})" if m["gpu_growth"] is not None else ""
+    gpu = ""
+    if m["gpu_growth"] is not None:
+        gpu = f", GPU {m['gpu_start_mib']} -> {m['gpu_end_mib']} MiB ({_pct(m['gpu_growth'])})"
     return (f"soak {doc['model']}: {t['sent']} requests at {t['mean_rate']}/s, {t['failed']} failed, worst p99 "
             f"{t['p99_ms_worst_segment']} ms, RSS {m['rss_start_mb']} -> {m['rss_end_mb']} MB "
             f"({_pct(m['rss_growth'])}){gpu}: {verdict}")

@@ -38,7 +38,9 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from scripts import loadgen  # noqa: E402
-from scripts.build_archive import ArchiveError, archive_inputs, check_flat_names, run_archiver  # noqa: E402
+from scripts.build_archive import (  # noqa: E402
+    ArchiveError, archive_inputs, check_flat_names, config_with, run_archiver,
+)
 from scripts.tsctl import DEFAULT_RUN_DIR, TorchServe, TorchServeError  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -56,16 +58,6 @@ Log = Callable[[str], None]
 
 
 # ---------------------------------------------------------------------------------------------- archives
-
-
-def _config_with(config: Path, overrides: dict[str, Any], target: Path) -> Path:
-    """``config`` (model-config YAML) with top-level ``overrides`` applied, written to ``target``."""
-    import yaml
-
-    data = yaml.safe_load(config.read_text()) or {}
-    data.update(overrides)
-    target.write_text(f"# {config.name} with {overrides} (scripts/sweep.py)\n" + yaml.safe_dump(data, sort_keys=False))
-    return target
 
 
 def _weights_from_archive(archive: Path, target_dir: Path) -> Path | None:
@@ -115,7 +107,7 @@ def build_bench_archive(name: str, store: Path, weights: Path | None = None, wor
             files = prepare(staging, weights, log)
             serialized, extra = files.serialized_file, [Path(p) for p in files.extra_files]
             if workers is not None:
-                config = _config_with(config, {"minWorkers": workers, "maxWorkers": workers}, work / config.name)
+                config = config_with(config, {"minWorkers": workers, "maxWorkers": workers}, work / config.name)
         check_flat_names(handler, config, serialized, extra)
         out = work / "out"
         out.mkdir()

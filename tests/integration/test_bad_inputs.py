@@ -39,20 +39,18 @@ TINY_BERT = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, int
 # ---------------------------------------------------------------------------------------------- archives
 
 
-_TINY_BERT_ARCHIVES: dict[Path, Path] = {}
-
-
 def tiny_bert_archive(tmp_path_factory) -> Path:
     """``bert_large.mar`` holding a tiny random BERT classifier (max length 64 tokens), built by the real archive
-    builder from a local checkpoint; once per session (test_faults.py and test_soak.py import this)."""
+    builder from a local checkpoint; once per session, in a fixed place under the session's base temp dir
+    (test_faults.py imports this function)."""
     from handlers.text.bert import make_random_checkpoint
 
-    session = tmp_path_factory.getbasetemp()
-    if session not in _TINY_BERT_ARCHIVES:
-        root = tmp_path_factory.mktemp("tiny-bert")
+    root = tmp_path_factory.getbasetemp() / "tiny-bert"
+    archive = root / "archives" / "bert_large.mar"
+    if not archive.exists():
         checkpoint = make_random_checkpoint(root / "checkpoint", seed=3, config_overrides=TINY_BERT)
-        _TINY_BERT_ARCHIVES[session] = build_archive("bert_large", checkpoint, root / "archives", log=log)
-    return _TINY_BERT_ARCHIVES[session]
+        build_archive("bert_large", checkpoint, root / "archives", force=True, log=log)
+    return archive
 
 
 def model_store(path: Path, *archives: Path) -> Path:
@@ -184,7 +182,8 @@ RESNET_BAD = [
     # Decompression bombs: refused from the header; PIL's own bomb check answers for the 900-megapixel PNG,
     # our configured limit (handler.max_pixels, 40 MP) for the others.
     pytest.param((png_declaring(30000, 30000), "image/png"), 413, "image too large", id="png-30000x30000"),
-    pytest.param((jpeg_declaring(30000, 30000), "image/jpeg"), 413, "over the limit of 40000000", id="jpeg-30000x30000"),
+    pytest.param((jpeg_declaring(30000, 30000), "image/jpeg"), 413, "over the limit of 40000000",
+                 id="jpeg-30000x30000"),
     pytest.param((png_declaring(8000, 8000), "image/png"), 413, "over the limit of 40000000", id="png-8000x8000"),
     pytest.param((encode(Image.new("RGB", (1, 1)), "PNG"), "image/png"), 422, "at least 8 px", id="1x1-png"),
 ]
@@ -262,7 +261,8 @@ BERT_BAD = [
     pytest.param((b"  \n\t ", "text/plain"), 400, "text is empty", id="whitespace-only"),
     pytest.param(as_json({"text": ""}), 400, "text is empty", id="json-empty-text"),
     pytest.param((b"text=hello", "application/x-www-form-urlencoded"), 400, "empty request body", id="form-urlencoded"),
-    pytest.param(as_json({"sentence": "hello"}), 400, 'exactly one of the fields "text" or "texts"', id="json-missing-field"),
+    pytest.param(as_json({"sentence": "hello"}), 400, 'exactly one of the fields "text" or "texts"',
+                 id="json-missing-field"),
     pytest.param(as_json({"text": "a", "texts": ["b"]}), 400, "exactly one", id="json-both-fields"),
     pytest.param(as_json({"text": 42}), 400, "text must be a string, got int", id="json-text-not-a-string"),
     pytest.param(as_json({"texts": "hello"}), 400, '"texts" must be a list of strings', id="json-texts-not-a-list"),

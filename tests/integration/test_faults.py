@@ -161,7 +161,8 @@ def test_worker_killed_under_load_is_restarted(faults):
                 workers = ts.describe(BERT)["workers"]
                 if [(w["id"], w["status"]) for w in workers] == [(worker_id, "READY")] and workers[0]["pid"] != old_pid:
                     ready_at = ready_at or time.monotonic()
-                    probe = ts.predict(BERT, b"are you back", "text/plain", timeout=max(1.0, deadline - time.monotonic()))
+                    left = max(1.0, deadline - time.monotonic())
+                    probe = ts.predict(BERT, b"are you back", "text/plain", timeout=left)
                     if probe.status_code == 200:
                         recovered_at = time.monotonic()
                         break

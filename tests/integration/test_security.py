@@ -22,6 +22,7 @@ import torch
 
 from scripts.tsctl import BASE_CONFIG, TOKEN_FAILED, TorchServeError, read_properties
 from tests.integration.serving import ECHO_HANDLER, running_torchserve
+from tests.integration.test_bad_inputs import model_store
 
 pytestmark = pytest.mark.integration
 SHIPPED = read_properties(BASE_CONFIG)
@@ -31,7 +32,8 @@ PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".pkl", ".pickle", ".ckpt", ".npy", ".
 
 @pytest.fixture(scope="module")
 def secured(tmp_path_factory, echo_store):
-    with running_torchserve(tmp_path_factory.mktemp("security-run"), echo_store) as ts:
+    store = model_store(tmp_path_factory.mktemp("security-store"), echo_store / "echo.mar")  # tests add archives
+    with running_torchserve(tmp_path_factory.mktemp("security-run"), store) as ts:
         ts.register("echo.mar", "echo", batch_size=1, max_batch_delay=10, initial_workers=1)
         yield ts
 
@@ -71,7 +73,8 @@ def test_inference_api_refuses_missing_and_wrong_keys(secured):
     refused = [{}, {"Authorization": "Bearer not-a-key"}, {"Authorization": keys["inference"]},
                {"Authorization": f"Bearer {keys['management']}"}, {"Authorization": f"Bearer {keys['API']}x"}]
     for headers in refused:
-        answer = requests.post(url, data=b"x", headers={"Content-Type": "application/octet-stream", **headers}, timeout=30)
+        answer = requests.post(url, data=b"x", timeout=30,
+                               headers={"Content-Type": "application/octet-stream", **headers})
         assert answer.status_code == 400 and TOKEN_FAILED in answer.text, headers
         ping = requests.get(secured.url("inference", "/ping"), headers=headers, timeout=30)
         assert ping.status_code == 400, headers
@@ -188,8 +191,8 @@ def _other_local_addresses() -> list[str]:
     "file:///etc/passwd",
     "FILE_IN_STORE",  # file:// of an archive that is in the store
 ])
-def test_allowed_urls_refuse_downloads_and_file_urls(secured, echo_store, url):
-    url = f"file://{echo_store / 'echo.mar'}" if url == "FILE_IN_STORE" else url
+def test_allowed_urls_refuse_downloads_and_file_urls(secured, url):
+    url = f"file://{Path(secured.info.model_store) / 'echo.mar'}" if url == "FILE_IN_STORE" else url
     with pytest.raises(TorchServeError) as refused:
         secured.register(url, "downloaded", initial_workers=0)
     assert refused.value.status == 404 and "does not match any allowed URL" in str(refused.value)
@@ -219,7 +222,7 @@ def test_absolute_directory_urls_are_a_known_gap_guarded_by_the_management_key(s
         secured.unregister("elsewhere")
 
 
-def test_archives_never_install_packages(secured, echo_store, tmp_path):
+def test_archives_never_install_packages(secured, tmp_path):
     """install_py_dep_per_model=false: an archive's requirements.txt is ignored. This one would make pip fail
     (a wheel path that does not exist; no index is contacted), so registration succeeding proves no install."""
     requirements = tmp_path / "requirements.txt"
@@ -228,9 +231,9 @@ def test_archives_never_install_packages(secured, echo_store, tmp_path):
     config.write_text("handler:\n  delay_s: 0.0\n")
     subprocess.run([sys.executable, "-m", "model_archiver.model_packaging", "--model-name", "with_requirements",
                     "--version", "1.0", "--handler", str(ECHO_HANDLER), "--config-file", str(config),
-                    "--requirements-file", str(requirements), "--export-path", str(echo_store), "--force"],
+                    "--requirements-file", str(requirements), "--export-path", secured.info.model_store, "--force"],
                    check=True, capture_output=True, text=True)
-    with zipfile.ZipFile(echo_store / "with_requirements.mar") as mar:
+    with zipfile.ZipFile(Path(secured.info.model_store) / "with_requirements.mar") as mar:
         assert "requirements.txt" in mar.namelist()
     secured.register("with_requirements.mar", "with_requirements", initial_workers=1)
     try:

@@ -10,7 +10,6 @@ import json
 import pytest
 
 from scripts import soak
-from scripts.loadgen import image_payloads
 from tests.integration.serving import running_torchserve
 
 pytestmark = pytest.mark.integration

@@ -26,7 +26,7 @@ from handlers.common import RequestError, claim_device, finish_batch, record_bat
 from handlers.config import options_from_context
 from handlers.text.bert import build_runner
 from handlers.text.options import BertOptions
-from handlers.text.requests import parse_text_request
+from handlers.text.requests import parse_text_request, request_content_type
 
 logger = logging.getLogger(__name__)
 
@@ -42,12 +42,13 @@ class BertHandler:
         self.runner = build_runner(model_dir, self.options, claim_device(context), log=logger.info)
         self.initialized = True
 
-    def preprocess(self, data):
+    def preprocess(self, data, context=None):
         """Requests -> a ``TextRequest`` or a ``RequestError`` per request."""
         requests = []
-        for request in data:
+        for idx, request in enumerate(data):
             try:
-                requests.append(parse_text_request(request, self.options.max_items_per_request, self.options.max_text_chars))
+                requests.append(parse_text_request(request, self.options.max_items_per_request,
+                                                   self.options.max_text_chars, request_content_type(context, idx)))
             except RequestError as err:
                 requests.append(err)
         return requests
@@ -81,7 +82,7 @@ class BertHandler:
         return {"label": labels[best], "probabilities": dict(zip(labels, row)), "truncated": truncated}
 
     def handle(self, data, context):
-        requests = self.preprocess(data)
+        requests = self.preprocess(data, context)
         answers = self.postprocess(requests, self.inference(requests))
         record_batch(context, len(data))
         return finish_batch(context, answers)

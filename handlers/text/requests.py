@@ -31,10 +31,29 @@ def _check_text(text: Any, where: str, max_chars: int) -> str:
     return text
 
 
-def parse_text_request(request: Mapping[str, Any], max_items: int, max_chars: int) -> TextRequest:
-    """One request dict from TorchServe -> ``TextRequest``; raises ``RequestError`` with a 4xx status."""
+def request_content_type(context: Any, idx: int) -> str | None:
+    """The Content-Type header of request ``idx`` in the batch (any letter case), or None."""
+    headers_of = getattr(context, "get_all_request_header", None)
+    headers = headers_of(idx) if headers_of is not None else None
+    for name, value in (headers or {}).items():
+        if isinstance(value, str) and name.lower() == "content-type":
+            return value
+    return None
+
+
+def parse_text_request(
+    request: Mapping[str, Any], max_items: int, max_chars: int, content_type: str | None = None
+) -> TextRequest:
+    """One request dict from TorchServe -> ``TextRequest``; raises ``RequestError`` with a 4xx status.
+
+    TorchServe parses application/json bodies itself and forwards the raw bytes when they do not parse: raw
+    bytes under ``content_type`` application/json are malformed JSON, not a text.
+    """
     payload = request_payload(request)
     if isinstance(payload, (bytes, bytearray)):
+        if content_type is not None and content_type.split(";", 1)[0].strip().lower() == "application/json":
+            raise RequestError(400, 'body is not valid JSON (Content-Type: application/json); send {"text": ...} '
+                                    'or {"texts": [...]}')
         try:
             payload = bytes(payload).decode("utf-8")
         except UnicodeDecodeError as exc:

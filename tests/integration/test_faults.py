@@ -9,8 +9,9 @@ timeout (docs/reliability.md). Both count as failures here.
 Engine failure (ResNet-101): an archive whose model-config asks for ``backend: cudnn`` on a CPU-only worker is
 refused at registration with a clear message in the model log (``on_engine_failure: refuse``), or serves with
 the eager engine (``on_engine_failure: eager``). The variants are the session's ResNet archive unpacked into
-TorchServe's no-archive layout (a directory in the model store) with an edited model-config: build_archive.py has
-no config override, and re-zipping 170 MB twice would cost ~30 s of CPU here.
+TorchServe's no-archive layout (a directory in the model store) with an edited model-config: building them with
+build_archive.py's ``config_overrides`` would re-create and re-zip 170 MB of weights per variant (~15 s of CPU
+each here) for the same files.
 
 The GPU out-of-memory path (ImageClassifier.classify_blobs halves the batch and retries; one image that still does
 not fit gets its own 503) is unit-tested in tests/test_resnet_handler.py and has no CPU integration test.

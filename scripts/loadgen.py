@@ -901,6 +901,17 @@ def exit_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
 
 
+def add_payload_arguments(parser) -> None:
+    """The payload options shared by loadgen and soak: images or texts, their source and sizes."""
+    what = parser.add_mutually_exclusive_group()
+    what.add_argument("--images", type=int, default=None, help="synthetic JPEGs to cycle through (default 64)")
+    what.add_argument("--texts", type=int, default=None, help="texts to cycle through (default for BERT: 256)")
+    parser.add_argument("--image-dir", type=Path, default=None, help="send the images of this folder")
+    parser.add_argument("--min-words", type=int, default=4)
+    parser.add_argument("--max-words", type=int, default=100)
+    parser.add_argument("--seed", type=int, default=0)
+
+
 def main(argv: list[str] | None = None) -> int:
     exit_on_sigterm()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
@@ -917,13 +928,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds per request (default 60)")
     parser.add_argument("--max-requests", type=int, default=0, help="cap on requests sent in total (0: none)")
     parser.add_argument("--max-connections", type=int, default=0, help="open loop: connections per process")
-    what = parser.add_mutually_exclusive_group()
-    what.add_argument("--images", type=int, default=None, help="synthetic JPEGs to cycle through (default 64)")
-    what.add_argument("--texts", type=int, default=None, help="texts to cycle through (default for BERT: 256)")
-    parser.add_argument("--image-dir", type=Path, default=None, help="send the images of this folder")
-    parser.add_argument("--min-words", type=int, default=4)
-    parser.add_argument("--max-words", type=int, default=100)
-    parser.add_argument("--seed", type=int, default=0)
+    add_payload_arguments(parser)
     parser.add_argument("--label", default=None, help="name of this run in tables and plots")
     parser.add_argument("--out", type=Path, default=None, help="write the result JSON here")
     args = parser.parse_args(argv)

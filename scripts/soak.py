@@ -40,7 +40,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from scripts.loadgen import (  # noqa: E402
-    LoadConfig, Payload, build_payloads, default_processes, describe_card, describe_server, run_load,
+    LoadConfig, Payload, add_payload_arguments, build_payloads, default_processes, describe_card, describe_server, run_load,
     software_versions,
 )
 from scripts.tsctl import DEFAULT_RUN_DIR, TorchServe, TorchServeError  # noqa: E402
@@ -293,13 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--processes", type=int, default=default_processes(), help="load processes")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds per request")
     parser.add_argument("--max-growth", type=float, default=0.05, help="allowed memory growth (default 0.05)")
-    what = parser.add_mutually_exclusive_group()
-    what.add_argument("--images", type=int, default=None, help="synthetic JPEGs to cycle through (default 64)")
-    what.add_argument("--texts", type=int, default=None, help="texts to cycle through (default for BERT: 256)")
-    parser.add_argument("--image-dir", type=Path, default=None, help="send the images of this folder")
-    parser.add_argument("--min-words", type=int, default=4)
-    parser.add_argument("--max-words", type=int, default=100)
-    parser.add_argument("--seed", type=int, default=0)
+    add_payload_arguments(parser)
     parser.add_argument("--out", type=Path, default=None, help="write the result JSON here")
     args = parser.parse_args(argv)
     if args.rate is not None and args.rate <= 0:

@@ -7,6 +7,7 @@ engine -> top-k, with one device-to-host copy at the end of the batch.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import time
@@ -174,6 +175,4 @@ class ImageClassifier:
 
 def _copy_if(model: torch.nn.Module, needed: bool) -> torch.nn.Module:
     """Engines modify their model (BatchNorm folding, dtype); keep the original when the gate needs it."""
-    import copy
-
     return copy.deepcopy(model) if needed else model

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One entry point for everything a GPU machine must check: correctness and speed of the fast paths.
-# Usage: scripts/gpu_check.sh [resnet|bert|...]   (no argument: all sections)
+# Usage: scripts/gpu_check.sh [resnet|bert|oom]...   (no argument: resnet and bert)
 # Results (JSON + logs) go under $OUT (default ./gpu_out); a short table is printed last.
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -18,6 +18,7 @@ for section in "${sections[@]}"; do
   case "$section" in
     resnet) python3 benchmarks/bench_resnet.py --out "$OUT/resnet.json" 2>&1 | tee "$OUT/resnet.log" || status=1 ;;
     bert)   python3 benchmarks/bench_bert.py --out "$OUT/bert.json" 2>&1 | tee "$OUT/bert.log" || status=1 ;;
+    oom)    python3 benchmarks/check_oom_split.py --out "$OUT/oom_split.json" 2>&1 | tee "$OUT/oom.log" || status=1 ;;
     *) echo "unknown section $section"; status=2 ;;
   esac
 done

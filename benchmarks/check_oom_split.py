@@ -1,0 +1,85 @@
+"""GPU check: a batch that runs out of GPU memory is split and retried, and every request is still answered.
+
+    python3 benchmarks/check_oom_split.py --out gpu_out/oom_split.json
+
+Caps this process's GPU memory (``torch.cuda.set_per_process_memory_fraction``) at what the loaded classifier
+uses plus ``--headroom-gb``, then classifies a batch of large JPEGs whose decoded float copies do not fit at
+once. Passes when every image gets predictions equal to those of the same images run one by one without the
+cap, and at least one split happened.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import logging
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from handlers.vision.classifier import ImageClassifier, ResNetOptions  # noqa: E402
+from handlers.vision.resnet import prepare_archive_files  # noqa: E402
+
+
+def large_jpegs(n: int, width: int, height: int) -> list[bytes]:
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    blobs = []
+    for _ in range(n):
+        coarse = rng.integers(0, 255, (12, 16, 3), dtype=np.uint8)
+        buf = io.BytesIO()
+        Image.fromarray(coarse, "RGB").resize((width, height), Image.BICUBIC).save(buf, format="JPEG", quality=85)
+        blobs.append(buf.getvalue())
+    return blobs
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", type=Path, default=Path("gpu_out/oom_split.json"))
+    parser.add_argument("--images", type=int, default=32)
+    parser.add_argument("--size", default="4000x3000", help="WIDTHxHEIGHT of each JPEG")
+    parser.add_argument("--headroom-gb", type=float, default=1.5)
+    args = parser.parse_args()
+    splits = []
+
+    class Counter(logging.Handler):
+        def emit(self, record):
+            if "splitting" in record.getMessage():
+                splits.append(record.getMessage())
+
+    logging.getLogger("handlers.vision.classifier").addHandler(Counter())
+    device = torch.device("cuda:0")
+    width, height = (int(v) for v in args.size.split("x"))
+    with tempfile.TemporaryDirectory() as tmp:
+        prepare_archive_files(Path(tmp), None, log=lambda m: None)
+        classifier = ImageClassifier.load(Path(tmp), ResNetOptions(backend="cudnn", batch_buckets=(1, 8, 16, 32)),
+                                          device, max_batch=args.images)
+    blobs = large_jpegs(args.images, width, height)
+    alone = [classifier.classify_blobs([b])[0] for b in blobs]
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    total = torch.cuda.get_device_properties(device).total_memory
+    cap = torch.cuda.memory_reserved(device) + args.headroom_gb * 2**30
+    torch.cuda.set_per_process_memory_fraction(min(1.0, cap / total), device)
+    batched = classifier.classify_blobs(blobs)
+    same = all(isinstance(b, dict) and b["predictions"][0]["index"] == a["predictions"][0]["index"]
+               for a, b in zip(alone, batched))
+    report = {"device": torch.cuda.get_device_name(device), "images": args.images, "size": args.size,
+              "cap_gb": round(cap / 2**30, 2), "splits": len(splits), "all_answered_same": same,
+              "statuses": [getattr(r, "status", 200) for r in batched], "passed": same and len(splits) > 0}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=1))
+    print(json.dumps({k: v for k, v in report.items() if k != "statuses"}))
+    return 0 if report["passed"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

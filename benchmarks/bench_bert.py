@@ -45,7 +45,7 @@ from handlers.text.fused_ops import TorchOps, select_ops  # noqa: E402
 from handlers.text.graphs import CudaGraphRunner  # noqa: E402
 from handlers.text.options import BertOptions  # noqa: E402
 from handlers.text.tokenize import Tokenized  # noqa: E402
-from handlers.text.packing import pack_chunks, plan_chunks, view_segment  # noqa: E402
+from handlers.text.packing import pack_chunks, plan_chunks  # noqa: E402
 from handlers.text.reference import (  # noqa: E402
     bert_config,
     hf_forward,

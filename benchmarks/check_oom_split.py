@@ -11,34 +11,20 @@ cap, and at least one split happened.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import logging
 import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.bench_resnet import photo_jpegs  # noqa: E402
 from handlers.vision.classifier import ImageClassifier, ResNetOptions  # noqa: E402
 from handlers.vision.resnet import prepare_archive_files  # noqa: E402
-
-
-def large_jpegs(n: int, width: int, height: int) -> list[bytes]:
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    blobs = []
-    for _ in range(n):
-        coarse = rng.integers(0, 255, (12, 16, 3), dtype=np.uint8)
-        buf = io.BytesIO()
-        Image.fromarray(coarse, "RGB").resize((width, height), Image.BICUBIC).save(buf, format="JPEG", quality=85)
-        blobs.append(buf.getvalue())
-    return blobs
 
 
 def main() -> int:
@@ -62,7 +48,7 @@ def main() -> int:
         prepare_archive_files(Path(tmp), None, log=lambda m: None)
         classifier = ImageClassifier.load(Path(tmp), ResNetOptions(backend="cudnn", batch_buckets=(1, 8, 16, 32)),
                                           device, max_batch=args.images)
-    blobs = large_jpegs(args.images, width, height)
+    blobs = photo_jpegs(args.images, width, height)
     alone = [classifier.classify_blobs([b])[0] for b in blobs]
     torch.cuda.synchronize()
     torch.cuda.empty_cache()

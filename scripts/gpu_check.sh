@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One entry point for everything a GPU machine must check: correctness and speed of the fast paths.
-# Usage: scripts/gpu_check.sh [resnet|bert|oom]...   (no argument: resnet and bert)
+# Usage: scripts/gpu_check.sh [resnet|preprocess|bert|oom]...   (no argument: resnet, preprocess and bert)
 # Results (JSON + logs) go under $OUT (default ./gpu_out); a short table is printed last.
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -11,12 +11,13 @@ export PYTHONUNBUFFERED=1 PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 python3 -c 'import torch, torchvision, transformers; print("torch", torch.__version__, "torchvision", torchvision.__version__, "transformers", transformers.__version__)' | tee -a "$OUT/gpu.txt"
 sections=("$@")
-[ ${#sections[@]} -eq 0 ] && sections=(resnet bert)
+[ ${#sections[@]} -eq 0 ] && sections=(resnet preprocess bert)
 status=0
 for section in "${sections[@]}"; do
   echo "=== $section"
   case "$section" in
     resnet) python3 benchmarks/bench_resnet.py --out "$OUT/resnet.json" 2>&1 | tee "$OUT/resnet.log" || status=1 ;;
+    preprocess) python3 benchmarks/bench_preprocess.py --out "$OUT/preprocess.json" 2>&1 | tee "$OUT/preprocess.log" || status=1 ;;
     bert)   python3 benchmarks/bench_bert.py --out "$OUT/bert.json" 2>&1 | tee "$OUT/bert.log" || status=1 ;;
     oom)    python3 benchmarks/check_oom_split.py --out "$OUT/oom_split.json" 2>&1 | tee "$OUT/oom.log" || status=1 ;;
     *) echo "unknown section $section"; status=2 ;;

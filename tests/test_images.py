@@ -107,3 +107,47 @@ def test_jpeg_header_parse_matches_pil(mode, progressive, components):
     # Only baseline grayscale/YCbCr goes to nvJPEG.
     assert _inspect(blob, ImageLimits()) == (components in (1, 3) and not progressive)
     assert _jpeg_header(blob[:20]) is None
+
+
+@pytest.mark.parametrize("in_size,out_size", [(375, 256), (500, 341), (100, 256), (257, 256), (1000, 256),
+                                              (224, 224), (33, 8)])
+def test_resize_weights_are_pytorchs_antialiased_bilinear(in_size, out_size):
+    from handlers.vision.images import resize_weights
+
+    signal = torch.rand(1, 1, in_size, 5, dtype=torch.float64)
+    expected = torch.nn.functional.interpolate(signal, size=(out_size, 5), mode="bilinear", antialias=True,
+                                               align_corners=False)[0, 0]
+    ours = torch.from_numpy(resize_weights(in_size, out_size)) @ signal[0, 0]
+    assert (ours - expected).abs().max() < 1e-9
+
+
+def test_preprocess_mixed_sizes_and_small_images_match_torchvision():
+    sizes = [(500, 375), (120, 90), (500, 375), (224, 300), (640, 480)]  # includes upscaling and a repeat
+    tensors = [torch.from_numpy(np.asarray(photo(w, h, seed=i))).permute(2, 0, 1) for i, (w, h) in enumerate(sizes)]
+    ours = resize_crop_normalize(tensors, PreprocessSpec(dtype=torch.float32, channels_last=True))
+    reference = transforms.Compose([
+        transforms.Resize(256, antialias=True), transforms.CenterCrop(224),
+        transforms.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    ])
+    expected = torch.stack([reference(t.float() / 255.0) for t in tensors])
+    assert ours.is_contiguous(memory_format=torch.channels_last)
+    assert (ours - expected).abs().max() < 1e-4
+
+
+def test_preprocess_spec_rejects_crop_larger_than_resize():
+    with pytest.raises(ValueError, match="crop"):
+        PreprocessSpec(resize=200, crop=224)
+
+
+def test_gpu_decoder_out_of_memory_is_raised_as_such(monkeypatch):
+    """torchvision reports an nvJPEG allocation failure as a plain RuntimeError; it must reach the batch
+    splitter as an out-of-memory error, not send every image of the batch to the CPU decoder."""
+    import handlers.vision.images as images
+
+    def failing_decode(*args, **kwargs):
+        raise RuntimeError("Error while decoding JPEG images: CUDA out of memory. Tried to allocate 36.00 MiB")
+
+    monkeypatch.setattr(images, "decode_jpeg", failing_decode)
+    blob = encode(photo(64, 48), "JPEG")
+    with pytest.raises(torch.cuda.OutOfMemoryError, match="nvJPEG"):
+        decode_images([blob, blob], torch.device("cuda", 0))

@@ -2,6 +2,7 @@
 
 import io
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -125,6 +126,9 @@ def test_out_of_memory_batch_is_split_and_retried(handler):
 
         def __call__(self, batch):
             seen.append(batch.shape[0])
+            # A retry must not run inside the failed attempt's except block (its traceback pins that
+            # attempt's tensors in memory).
+            assert sys.exc_info()[0] is None
             if batch.shape[0] > 2:
                 raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
             return real_engine(batch)

@@ -140,12 +140,16 @@ class ImageClassifier:
         try:
             return self._classify(blobs)
         except torch.cuda.OutOfMemoryError:
-            torch.cuda.empty_cache()
-            if len(blobs) == 1:
-                return [RequestError(503, "out of GPU memory for this image; retry later or send a smaller one")]
-            log.warning("batch of %d ran out of GPU memory: splitting it and retrying", len(blobs))
-            mid = len(blobs) // 2
-            return self.classify_blobs(blobs[:mid]) + self.classify_blobs(blobs[mid:])
+            pass
+        # Retry outside the except block: until it ends, the exception's traceback keeps the failed attempt's
+        # frames, and with them every tensor it had allocated (2026-11: retrying inside it ran a GPU with a
+        # capped memory budget out of memory even for single images).
+        torch.cuda.empty_cache()
+        if len(blobs) == 1:
+            return [RequestError(503, "out of GPU memory for this image; retry later or send a smaller one")]
+        log.warning("batch of %d ran out of GPU memory: splitting it and retrying", len(blobs))
+        mid = len(blobs) // 2
+        return self.classify_blobs(blobs[:mid]) + self.classify_blobs(blobs[mid:])
 
     def _classify(self, blobs: Sequence[bytes | RequestError]) -> list[dict | RequestError]:
         decoded = decode_images(blobs, self.device, self.limits)

@@ -8,7 +8,9 @@ The hot path is two functions:
   its slot; the other images are unaffected.
 * ``resize_crop_normalize(images, spec)``: resize (shorter side, antialiased bilinear, as torchvision's
   ``Resize``), center crop and normalize, batched over images of equal size, producing the engine's input
-  dtype and memory format directly.
+  dtype and memory format directly. The antialiased resize is linear and separable, so for each image size it
+  is two small matrices (PyTorch's own resize weights, restricted to the crop window, with 1/std folded in):
+  resize + crop + normalize become two batched matmuls and one subtraction.
 """
 
 from __future__ import annotations
@@ -21,7 +23,6 @@ from typing import Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image, ImageSequence, UnidentifiedImageError
 
 from handlers.common import RequestError
@@ -30,6 +31,7 @@ from handlers.common import RequestError
 # is the one we want here. Silence the per-call warning once, at import.
 warnings.filterwarnings("ignore", message=r".*TorchCodec.*", category=UserWarning)
 warnings.filterwarnings("ignore", message=r".*deprecated.*", category=UserWarning, module=r"torchvision\.io.*")
+warnings.filterwarnings("ignore", message=r".*buffer is not writable.*", category=UserWarning)
 from torchvision.io import ImageReadMode, decode_jpeg  # noqa: E402
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -52,6 +54,10 @@ class PreprocessSpec:
     std: tuple[float, float, float] = IMAGENET_STD
     dtype: torch.dtype = torch.float16
     channels_last: bool = True
+
+    def __post_init__(self) -> None:
+        if not 0 < self.crop <= self.resize:
+            raise ValueError(f"crop ({self.crop}) must be positive and at most resize ({self.resize})")
 
 
 def _sniff(blob: bytes) -> str:
@@ -127,8 +133,10 @@ def _inspect(blob: bytes | bytearray, limits: ImageLimits) -> bool:
     return kind == "jpeg" and components in (1, 3) and not progressive
 
 
-def _writable(blob: bytes | bytearray) -> bytearray:
-    return blob if isinstance(blob, bytearray) else bytearray(blob)  # TorchServe hands over bytearrays: no copy
+def _as_tensor(blob: bytes | bytearray) -> torch.Tensor:
+    """A uint8 view of the request bytes, no copy. nvJPEG only reads it; torch warns that ``bytes`` is read-only
+    (silenced at import), which is harmless here."""
+    return torch.frombuffer(blob, dtype=torch.uint8)
 
 
 def _decode_on_cpu(blob: bytes) -> torch.Tensor:
@@ -180,12 +188,15 @@ def decode_images(
         (gpu_slots if gpu_ok and device.type == "cuda" else cpu_slots).append(i)
 
     if gpu_slots:
-        encoded = [torch.frombuffer(_writable(blobs[i]), dtype=torch.uint8) for i in gpu_slots]
+        encoded = [_as_tensor(blobs[i]) for i in gpu_slots]
         try:
             decoded = decode_jpeg(encoded, mode=ImageReadMode.RGB, device=device)
             for i, img in zip(gpu_slots, decoded):
                 results[i] = img
-        except RuntimeError:
+        except RuntimeError as err:
+            if "out of memory" in str(err):
+                # torchvision reports an allocation failure as a plain RuntimeError; the caller splits the batch.
+                raise torch.cuda.OutOfMemoryError(f"nvJPEG decode: {err}") from None
             # The batched decoder returns nothing if any image fails: those go to the CPU path one by one,
             # where a corrupt one is isolated as its own RequestError.
             cpu_slots.extend(gpu_slots)
@@ -203,44 +214,85 @@ def decode_images(
     return results  # type: ignore[return-value]
 
 
-@functools.lru_cache(maxsize=8)
-def _normalization(spec: PreprocessSpec, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(mean, 1/std) scaled to 0..255 pixels, (1, 3, 1, 1) float32 on ``device``; made once, not per batch
-    (a copy from pageable host memory would synchronize the stream every batch)."""
-    mean = torch.tensor(spec.mean, device=device).mul_(255.0).view(1, 3, 1, 1)
-    inv_std = torch.tensor(spec.std, device=device).mul_(255.0).reciprocal_().view(1, 3, 1, 1)
-    return mean, inv_std
+def resize_weights(in_size: int, out_size: int) -> np.ndarray:
+    """(out_size, in_size) float64 matrix of PyTorch's antialiased bilinear resize along one axis.
+
+    The same weights as ``F.interpolate(mode="bilinear", antialias=True, align_corners=False)`` (PIL's
+    triangle filter, widened by the scale when shrinking), so ``W @ signal`` resizes one axis.
+    """
+    scale = in_size / out_size
+    support, invscale = (scale, 1.0 / scale) if scale >= 1.0 else (1.0, 1.0)
+    center = scale * (np.arange(out_size) + 0.5)
+    lo = np.maximum((center - support + 0.5).astype(np.int64), 0)  # truncation toward zero, as in ATen
+    hi = np.minimum((center + support + 0.5).astype(np.int64), in_size)
+    j = np.arange(in_size)
+    weights = np.clip(1.0 - np.abs((j[None, :] - center[:, None] + 0.5) * invscale), 0.0, None)
+    weights *= (j[None, :] >= lo[:, None]) & (j[None, :] < hi[:, None])
+    total = weights.sum(axis=1, keepdims=True)
+    return weights / np.where(total == 0.0, 1.0, total)
+
+
+def resized_size(h: int, w: int, resize: int) -> tuple[int, int]:
+    """Shorter side to ``resize``, aspect kept (torchvision's ``Resize(int)``)."""
+    scale = resize / min(h, w)
+    return (resize, max(resize, int(w * scale))) if h <= w else (max(resize, int(h * scale)), resize)
+
+
+@functools.lru_cache(maxsize=64)
+def _resize_operators(h: int, w: int, spec: PreprocessSpec, device: torch.device, dtype: torch.dtype):
+    """For ``h x w`` images: rows (crop, h), cols (w, crop), and per-channel scale and shift (1, 3, 1, 1).
+
+    ``(rows @ img[c] @ cols) * scale[c] + shift[c]`` is resize + center crop + normalize of channel c on
+    0..255 pixels. One ``rows`` for all channels keeps the height step a batched matmul that reads it with a
+    zero batch stride (per-channel rows would be broadcast to every image and copied first). Made once per
+    image size and device (a host-to-device copy per batch would synchronize the stream).
+    """
+    new_h, new_w = resized_size(h, w, spec.resize)
+    top = int(round((new_h - spec.crop) / 2.0))
+    left = int(round((new_w - spec.crop) / 2.0))
+    rows = resize_weights(h, new_h)[top : top + spec.crop]
+    cols = resize_weights(w, new_w)[left : left + spec.crop].T
+    std = np.asarray(spec.std, dtype=np.float64)
+    scale = (1.0 / (255.0 * std)).reshape(1, 3, 1, 1)
+    shift = (-np.asarray(spec.mean, dtype=np.float64) / std).reshape(1, 3, 1, 1)
+
+    def put(a: np.ndarray, dt: torch.dtype) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(a)).to(device=device, dtype=dt)
+
+    return put(rows, dtype), put(cols, dtype), put(scale, torch.float32), put(shift, torch.float32)
 
 
 def resize_crop_normalize(images: Sequence[torch.Tensor], spec: PreprocessSpec = PreprocessSpec()) -> torch.Tensor:
     """uint8 (3, H_i, W_i) images on one device -> normalized (N, 3, crop, crop) in ``spec.dtype``.
 
-    Same result as torchvision's ``Resize(resize, antialias=True)``, ``CenterCrop(crop)``, ``Normalize``;
-    images of equal size are resized in one call (2026-11: the common case, a client sending one camera's
-    frames, becomes a single kernel instead of one per image).
+    Same result as torchvision's ``Resize(resize, antialias=True)``, ``CenterCrop(crop)``, ``Normalize``.
+    Images of equal size go through together (the common case, a client sending one camera's frames, is one
+    group). Per group: one uint8 -> compute-dtype conversion, two matmuls that resize only the crop window
+    (one GEMM over every row of every image for the width, one batched GEMM for the height), and one
+    multiply-add into the output's dtype and memory format. On CUDA with an fp16 output the matmuls run in
+    fp16 on tensor cores (fp32 accumulation; pixels 0..255 are exact in fp16).
+    2026-11: this replaced ``F.interpolate(antialias=True)`` on float32 copies (bench_preprocess.py has both).
     """
     if not images:
         raise ValueError("resize_crop_normalize needs at least one image")
     device = images[0].device
-    out = torch.empty((len(images), 3, spec.crop, spec.crop), dtype=torch.float32, device=device)
+    compute = torch.float16 if device.type == "cuda" and spec.dtype == torch.float16 else torch.float32
+    memory_format = torch.channels_last if spec.channels_last else torch.contiguous_format
+    crop = spec.crop
+    out = torch.empty((len(images), 3, crop, crop), dtype=spec.dtype, device=device, memory_format=memory_format)
     groups: dict[tuple[int, int], list[int]] = {}
     for i, img in enumerate(images):
         groups.setdefault(tuple(img.shape[-2:]), []).append(i)
     for (h, w), idx in groups.items():
-        scale = spec.resize / min(h, w)
-        new_h, new_w = (spec.resize, max(spec.resize, int(w * scale))) if h <= w else (
-            max(spec.resize, int(h * scale)), spec.resize)
-        batch = torch.stack([images[i] for i in idx]).float()
-        if (new_h, new_w) != (h, w):
-            batch = F.interpolate(batch, size=(new_h, new_w), mode="bilinear", antialias=True, align_corners=False)
-        top = int(round((new_h - spec.crop) / 2.0))
-        left = int(round((new_w - spec.crop) / 2.0))
-        cropped = batch[:, :, top : top + spec.crop, left : left + spec.crop]
-        if len(idx) == len(images):
-            out.copy_(cropped)
+        rows, cols, scale, shift = _resize_operators(h, w, spec, device, compute)
+        n = len(idx)
+        batch = torch.stack([images[i] for i in idx]).to(compute)  # (n, 3, h, w)
+        narrow = batch.view(n * 3 * h, w) @ cols  # width -> crop window, all rows of all images: one GEMM
+        resized = (rows @ narrow.view(n * 3, h, crop)).view(n, 3, crop, crop)  # height -> crop window
+        if n == len(images):
+            torch.addcmul(shift, resized, scale, out=out)
         else:
             # From pinned memory the index copy is asynchronous: no stream sync on the request path.
-            out[torch.tensor(idx, pin_memory=device.type == "cuda").to(device, non_blocking=True)] = cropped
-    mean, inv_std = _normalization(spec, device)
-    memory_format = torch.channels_last if spec.channels_last else torch.contiguous_format
-    return ((out - mean) * inv_std).to(dtype=spec.dtype, memory_format=memory_format)
+            out[torch.tensor(idx, pin_memory=device.type == "cuda").to(device, non_blocking=True)] = (
+                torch.addcmul(shift, resized, scale).to(spec.dtype))
+    return out

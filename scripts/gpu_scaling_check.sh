@@ -6,7 +6,8 @@
 #
 #   OUT=gpu_out bash scripts/gpu_scaling_check.sh          # TorchServe + Java importable (benchmarks/BENCHMARKS.md)
 # Knobs: GPUS (default: all, from nvidia-smi), WORKERS_PER_GPU (6), BS (64), DELAY (20), WARMUP (5), DURATION (15),
-# PROCS (load processes, 8: the clients used ~13% of a core each at 19.6k req/s). A CPU dry run: GPUS=2 WORKERS_PER_GPU=1 BS=4 DURATION=5 PROCS=2.
+# PROCS (load processes, 8: the clients used ~13% of a core each at 19.6k req/s), MPS (1: workers under an NVIDIA
+# MPS daemon, tsctl.py start --mps; not measured yet). A CPU dry run: GPUS=2 WORKERS_PER_GPU=1 BS=4 DURATION=5 PROCS=2.
 set -uo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
@@ -19,6 +20,8 @@ BS=${BS:-64}
 DELAY=${DELAY:-20}
 WARMUP=${WARMUP:-5}
 DURATION=${DURATION:-15}
+MPS_FLAG=()
+[ "${MPS:-0}" = 1 ] && MPS_FLAG=(--mps)
 export PYTHONUNBUFFERED=1 PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/scaling.XXXXXX")
 
@@ -30,9 +33,9 @@ main() {
   ((GPUS > 1)) && counts+=("$GPUS")
   for g in "${counts[@]}"; do
     local run="$WORK/run-$g" workers=$((WORKERS_PER_GPU * g)) procs=${PROCS:-8}
-    echo "=== $g GPU(s): $workers workers, batch $BS, delay $DELAY ms"
+    echo "=== $g GPU(s): $workers workers, batch $BS, delay $DELAY ms${MPS_FLAG[*]:+, under MPS}"
     CUDA_VISIBLE_DEVICES=$(seq -s, 0 $((g - 1))) timeout 150 "$PY" scripts/tsctl.py --run-dir "$run" start \
-      --model-store "$WORK/store" --ports free --timeout 120 || return 1
+      --model-store "$WORK/store" --ports free --timeout 120 "${MPS_FLAG[@]}" || return 1
     timeout 60 "$PY" scripts/tsctl.py --run-dir "$run" register resnet101.mar --batch-size "$BS" \
         --max-batch-delay "$DELAY" --asynchronous \
       && timeout 300 "$PY" scripts/sweep.py --run-dir "$run" wait resnet101 --workers 1 --timeout 290 \

@@ -10,7 +10,7 @@ An instance lives in a run directory:
 
 Several instances can run at once: each has its own run directory, TMPDIR and ports.
 
-    python scripts/tsctl.py start [--model-store DIR] [--ports free | --ports 8080,8081,8082]
+    python scripts/tsctl.py start [--model-store DIR] [--ports free | --ports 8080,8081,8082] [--mps]
     python scripts/tsctl.py register resnet101.mar --batch-size 8 --max-batch-delay 50   # a name in the store
     python scripts/tsctl.py scale resnet101 --min 2 --max 2
     python scripts/tsctl.py describe resnet101
@@ -37,6 +37,11 @@ from typing import Any, Callable
 
 import requests
 import requests.adapters
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from scripts.mps import MpsDaemon, MpsError  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 BASE_CONFIG = REPO / "config.properties"
@@ -165,6 +170,7 @@ class InstanceInfo:
     pid: int | None = None
     grpc_ports: tuple[int, int] = (7070, 7071)  # TorchServe always starts its gRPC servers too
     host: str = "127.0.0.1"
+    mps: bool = False  # workers are clients of an MPS daemon private to this run directory (scripts/mps.py)
 
 
 # ---------------------------------------------------------------------------------------------- client
@@ -230,11 +236,14 @@ class TorchServe:
         config_overrides: dict[str, str] | None = None,
         timeout: float = 120.0,
         log: Log = print,
+        mps: bool = False,
     ) -> None:
         """Start TorchServe in ``run_dir`` and wait until /ping answers "Healthy".
 
         ``ports``: (inference, management, metrics[, grpc inference, grpc management]); None takes all five from
         the base config. Given three, the two gRPC ports (TorchServe always binds them) are chosen free.
+        ``mps``: start an NVIDIA MPS control daemon for this instance first and make every worker its client
+        (``scripts/mps.py``); ``stop`` quits it.
         """
         if (self.run_dir / "instance.json").exists() and self.pid_alive():
             raise TorchServeError(f"TorchServe already runs from {self.run_dir} (pid {self.info.pid}); stop it first")
@@ -278,6 +287,11 @@ class TorchServe:
         if java_home:
             env["JAVA_HOME"] = java_home
             env["PATH"] = f"{java_home}/bin{os.pathsep}{env.get('PATH', '')}"
+        if mps:
+            try:
+                env = MpsDaemon(self.run_dir).start(env, log=log)
+            except (MpsError, OSError, subprocess.TimeoutExpired) as err:
+                raise TorchServeError(f"--mps: {err}") from None
         # Workers run under this same interpreter (torchserve passes --python sys.executable), so they
         # import the installed `handlers` package from this environment.
         cmd = [sys.executable, "-c", "from ts.model_server import start; start()",
@@ -289,10 +303,12 @@ class TorchServe:
                                       stdin=subprocess.DEVNULL, timeout=120)
         self.launched = True
         if launcher.returncode != 0:
+            MpsDaemon(self.run_dir).stop(log=log)
             raise TorchServeError(f"`torchserve --start` failed (exit {launcher.returncode})\n{self.log_tail()}")
         pid_file = self.tmp_dir / ".model_server.pid"
         pid = int(pid_file.read_text().split()[0]) if pid_file.exists() else None
-        self._info = InstanceInfo(ports[0], ports[1], ports[2], str(model_store), pid, (ports[3], ports[4]))
+        self._info = InstanceInfo(ports[0], ports[1], ports[2], str(model_store), pid, (ports[3], ports[4]),
+                                  mps=mps)
         (self.run_dir / "instance.json").write_text(json.dumps(asdict(self._info), indent=1))
         self._keys = None
 
@@ -341,6 +357,7 @@ class TorchServe:
         """Stop the instance: SIGTERM to the frontend (it stops its workers), SIGKILL after ``timeout``."""
         if not (self.run_dir / "instance.json").exists():
             log(f"no TorchServe instance in {self.run_dir}")
+            MpsDaemon(self.run_dir).stop(log=log)  # left over from a start that failed half way
             return
         pid = self.info.pid
         if pid is not None and self.pid_alive():
@@ -366,6 +383,7 @@ class TorchServe:
             (self.run_dir / stale).unlink(missing_ok=True)
         self._info, self._keys = None, None
         log("TorchServe stopped")
+        MpsDaemon(self.run_dir).stop(log=log)  # after the workers, its clients, are gone
 
     @staticmethod
     def _worker_pids(parent: int) -> list[int]:
@@ -539,6 +557,8 @@ def main(argv: list[str] | None = None) -> int:
                         "(default: from config.properties)")
     p.add_argument("--config", type=Path, default=BASE_CONFIG, help="base config.properties")
     p.add_argument("--timeout", type=float, default=120)
+    p.add_argument("--mps", action="store_true",
+                   help="run the workers under an NVIDIA MPS daemon private to this instance (GPU hosts)")
 
     p = sub.add_parser("stop", help="stop TorchServe")
     p.add_argument("--timeout", type=float, default=60)
@@ -572,7 +592,7 @@ def main(argv: list[str] | None = None) -> int:
     ts = TorchServe(args.run_dir, base_config=getattr(args, "config", BASE_CONFIG))
     try:
         if args.command == "start":
-            ts.start(args.model_store, ports=args.ports, timeout=args.timeout)
+            ts.start(args.model_store, ports=args.ports, timeout=args.timeout, mps=args.mps)
         elif args.command == "stop":
             ts.stop(timeout=args.timeout)
         elif args.command == "register":

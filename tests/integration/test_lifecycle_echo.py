@@ -159,3 +159,38 @@ def test_start_refuses_busy_ports(echo, tmp_path):
     with pytest.raises(TorchServeError, match="already in use"):
         ts.start(echo.info.model_store, ports=(echo.info.inference_port, 1, 2))
     assert not ts.launched
+
+
+def test_mps_instance_makes_every_worker_a_client_of_its_own_daemon(echo_store, tmp_path, monkeypatch):
+    """``start(mps=True)``: a daemon private to the run directory starts first, the workers TorchServe spawns
+    carry its client environment, and ``stop`` quits it after the workers are gone. The control program is
+    the stand-in of tests/test_mps.py (no NVIDIA driver here); the TorchServe side is real."""
+    from scripts.mps import MpsDaemon
+    from tests.test_mps import stand_in
+
+    bin_dir, record = stand_in(tmp_path)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{__import__('os').environ['PATH']}")
+    ts = TorchServe(tmp_path / "run")
+    ts.start(echo_store, ports=tsctl.free_ports(3), mps=True, log=lambda m: None)
+    pipe = MpsDaemon(tmp_path / "run").pipe_dir
+    try:
+        assert ts.info.mps and (pipe / "control").exists()
+        ts.register("echo.mar", "echo", batch_size=1, max_batch_delay=10, initial_workers=1)
+        assert ts.predict("echo", b"mps", "application/octet-stream").status_code == 200
+        environs = [open(f"/proc/{pid}/environ", "rb").read().split(b"\0") for pid in ts._worker_pids(ts.info.pid)]
+        assert environs, "no worker process found"
+        assert all(f"CUDA_MPS_PIPE_DIRECTORY={pipe}".encode() in env for env in environs)
+    finally:
+        ts.stop(log=lambda m: None)
+    assert not (pipe / "control").exists()
+    assert record.read_text().splitlines()[-1] == "stdin=quit"
+
+
+@pytest.mark.skipif(__import__("shutil").which("nvidia-cuda-mps-control", path="/usr/bin:/bin") is not None,
+                    reason="this host has the NVIDIA driver's MPS control program")
+def test_mps_without_the_driver_tools_fails_before_starting_torchserve(echo_store, tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    ts = TorchServe(tmp_path / "run")
+    with pytest.raises(TorchServeError, match="--mps: nvidia-cuda-mps-control not found"):
+        ts.start(echo_store, ports=tsctl.free_ports(3), mps=True, log=lambda m: None)
+    assert not ts.launched

@@ -121,6 +121,32 @@ def test_resize_weights_are_pytorchs_antialiased_bilinear(in_size, out_size):
     assert (ours - expected).abs().max() < 1e-9
 
 
+def test_resize_weights_window_is_the_same_rows_and_stays_small():
+    from handlers.vision.images import resize_weights
+
+    full = resize_weights(375, 256)
+    assert np.array_equal(resize_weights(375, 256, 16, 224), full[16:240])
+    # A 10000 x 8 image resizes to 320000 columns; only the crop window's rows are made (224 x 10000).
+    assert resize_weights(10_000, 320_000, 159_888, 224).shape == (224, 10_000)
+
+
+def test_aspect_ratio_over_the_limit_is_refused_before_decoding():
+    wide, ok = encode(photo(1010, 10), "JPEG"), encode(photo(1000, 10), "JPEG")
+    out = decode_images([wide, ok], CPU)
+    assert out[0].status == 422 and "aspect ratio" in out[0].message
+    assert isinstance(out[1], torch.Tensor)
+
+
+def test_preprocess_of_an_extreme_aspect_ratio_matches_torchvision():
+    t = torch.from_numpy(np.asarray(photo(800, 8, seed=4))).permute(2, 0, 1).contiguous()
+    ours = resize_crop_normalize([t], PreprocessSpec(dtype=torch.float32, channels_last=False))
+    reference = transforms.Compose([
+        transforms.Resize(256, antialias=True), transforms.CenterCrop(224),
+        transforms.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    ])
+    assert (ours[0] - reference(t.float() / 255.0)).abs().max() < 1e-4
+
+
 def test_preprocess_mixed_sizes_and_small_images_match_torchvision():
     sizes = [(500, 375), (120, 90), (500, 375), (224, 300), (640, 480)]  # includes upscaling and a repeat
     tensors = [torch.from_numpy(np.asarray(photo(w, h, seed=i))).permute(2, 0, 1) for i, (w, h) in enumerate(sizes)]

@@ -40,10 +40,13 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 @dataclass(frozen=True)
 class ImageLimits:
-    """Refuse images before decoding them: ``max_pixels`` guards against decompression bombs."""
+    """Refuse images before decoding them: ``max_pixels`` guards against decompression bombs; ``max_aspect_ratio``
+    bounds the resize operators of one image size (their width grows with the longer side: a 40-Mpixel image
+    of 5,000,000 x 8 would need a 224 x 5,000,000 weight matrix)."""
 
     max_pixels: int = 40_000_000
     min_side: int = 8
+    max_aspect_ratio: float = 100.0
 
 
 @dataclass(frozen=True)
@@ -129,6 +132,8 @@ def _inspect(blob: bytes | bytearray, limits: ImageLimits) -> bool:
         raise RequestError(413, f"image has {width}x{height} pixels, over the limit of {limits.max_pixels}")
     if min(width, height) < limits.min_side:
         raise RequestError(422, f"image is {width}x{height}; both sides must be at least {limits.min_side} px")
+    if max(width, height) > limits.max_aspect_ratio * min(width, height):
+        raise RequestError(422, f"image is {width}x{height}; the aspect ratio is over {limits.max_aspect_ratio:g}:1")
     # nvJPEG's batched decoder takes baseline grayscale/YCbCr JPEGs; CMYK/YCCK and progressive go to the CPU.
     return kind == "jpeg" and components in (1, 3) and not progressive
 
@@ -214,15 +219,18 @@ def decode_images(
     return results  # type: ignore[return-value]
 
 
-def resize_weights(in_size: int, out_size: int) -> np.ndarray:
-    """(out_size, in_size) float64 matrix of PyTorch's antialiased bilinear resize along one axis.
+def resize_weights(in_size: int, out_size: int, start: int = 0, count: int | None = None) -> np.ndarray:
+    """(count, in_size) float64 rows ``start .. start+count`` of PyTorch's antialiased bilinear resize along one
+    axis from ``in_size`` to ``out_size`` (all ``out_size`` rows by default).
 
     The same weights as ``F.interpolate(mode="bilinear", antialias=True, align_corners=False)`` (PIL's
-    triangle filter, widened by the scale when shrinking), so ``W @ signal`` resizes one axis.
+    triangle filter, widened by the scale when shrinking), so ``W @ signal`` resizes one axis. Only the rows
+    asked for are made: a 10000x8 image resizes to 320000 columns, of which the crop keeps 224.
     """
+    count = out_size - start if count is None else count
     scale = in_size / out_size
     support, invscale = (scale, 1.0 / scale) if scale >= 1.0 else (1.0, 1.0)
-    center = scale * (np.arange(out_size) + 0.5)
+    center = scale * (np.arange(start, start + count) + 0.5)
     lo = np.maximum((center - support + 0.5).astype(np.int64), 0)  # truncation toward zero, as in ATen
     hi = np.minimum((center + support + 0.5).astype(np.int64), in_size)
     j = np.arange(in_size)
@@ -238,7 +246,7 @@ def resized_size(h: int, w: int, resize: int) -> tuple[int, int]:
     return (resize, max(resize, int(w * scale))) if h <= w else (max(resize, int(h * scale)), resize)
 
 
-@functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=32)
 def _resize_operators(h: int, w: int, spec: PreprocessSpec, device: torch.device, dtype: torch.dtype):
     """For ``h x w`` images: rows (crop, h), cols (w, crop), and per-channel scale and shift (1, 3, 1, 1).
 
@@ -250,8 +258,8 @@ def _resize_operators(h: int, w: int, spec: PreprocessSpec, device: torch.device
     new_h, new_w = resized_size(h, w, spec.resize)
     top = int(round((new_h - spec.crop) / 2.0))
     left = int(round((new_w - spec.crop) / 2.0))
-    rows = resize_weights(h, new_h)[top : top + spec.crop]
-    cols = resize_weights(w, new_w)[left : left + spec.crop].T
+    rows = resize_weights(h, new_h, top, spec.crop)
+    cols = resize_weights(w, new_w, left, spec.crop).T
     std = np.asarray(spec.std, dtype=np.float64)
     scale = (1.0 / (255.0 * std)).reshape(1, 3, 1, 1)
     shift = (-np.asarray(spec.mean, dtype=np.float64) / std).reshape(1, 3, 1, 1)

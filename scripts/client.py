@@ -64,8 +64,12 @@ def describe_answer(answer: Answer) -> str:
         extra = f" (batch {body['batch_size']})" if "batch_size" in body else ""
         return f"{answer.status} {answer.seconds * 1000:6.0f} ms  {answer.name}: {shown}{extra}"
     if answer.status == 200 and isinstance(body, dict) and "label" in body:
-        extra = f" (batch {body['batch_size']})" if "batch_size" in body else ""
-        return f"{answer.status} {answer.seconds * 1000:6.0f} ms  {answer.name}: {body['label']}{extra}"
+        probability = body.get("probabilities", {}).get(body["label"]) if isinstance(body.get("probabilities"),
+                                                                                    dict) else None
+        shown = body["label"] + (f" {probability:.3f}" if isinstance(probability, float) else "")
+        extra = (" (truncated)" if body.get("truncated") else "") + (
+            f" (batch {body['batch_size']})" if "batch_size" in body else "")
+        return f"{answer.status} {answer.seconds * 1000:6.0f} ms  {answer.name}: {shown}{extra}"
     text = json.dumps(body) if not isinstance(body, str) else body.strip()
     return f"{answer.status} {answer.seconds * 1000:6.0f} ms  {answer.name}: {text[:300]}"
 

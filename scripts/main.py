@@ -1,17 +1,20 @@
 #!/usr/bin/env python3
-"""The main job, end to end: build the ResNet-101 archive, serve it with TorchServe, classify images.
+"""The main job, end to end: build the ResNet-101 archive, serve it with TorchServe, classify images
+(and, with --bert, BERT-Large on texts beside it).
 
-    bash scripts/run_main.sh [--weights PATH] [--images N] [--workers N] [--ports free]
+    bash scripts/run_main.sh [--weights PATH] [--images N] [--workers N] [--ports free] [--bert [--bert-weights DIR]]
 
 (run_main.sh sets up .venv and Java first, then runs this file with the venv's Python.)
 Steps: build model_store/resnet101.mar (random weights unless --weights) -> start TorchServe in .run/main ->
 register with batching on -> send N synthetic JPEGs concurrently -> print predictions, worker status and the
-handler's batch metrics -> stop TorchServe (also on errors and Ctrl-C).
+handler's batch metrics -> the same for bert_large.mar and a few texts with --bert -> stop TorchServe (also on
+errors and Ctrl-C).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import signal
 import sys
 import tempfile
@@ -27,7 +30,16 @@ from scripts.sample_images import write_images  # noqa: E402
 from scripts.tsctl import REPO, TorchServe, TorchServeError, metric_total, parse_ports, worker_summary  # noqa: E402
 
 MODEL = "resnet101"
-CPU_WORKERS = 2  # the archive's worker count is tuned for a GPU (archiver_configs/resnet101.yaml)
+BERT = "bert_large"
+CPU_WORKERS = {MODEL: 2, BERT: 1}  # the archives' worker counts are tuned for a GPU (archiver_configs/)
+TEXTS = [
+    "The new phone arrived a day early and the battery lasts all week.",
+    "I waited forty minutes for a cold meal and nobody apologised.",
+    "Quarterly revenue grew eleven percent while operating costs stayed flat.",
+    "Could you send me the slides from this morning's meeting?",
+    "It rained.",
+    " ".join(["A very long review that goes on and on about the same small detail."] * 60),  # over 512 tokens
+]
 
 
 def step(message: str) -> None:
@@ -36,6 +48,41 @@ def step(message: str) -> None:
 
 def _sigterm(signum, frame):  # stop the server on `kill` as on Ctrl-C
     raise KeyboardInterrupt(f"signal {signum}")
+
+
+def serve_and_query(ts: TorchServe, model: str, items: list[tuple[str, bytes | str, str]], what: str, args) -> int:
+    """Register ``model`` with batching, send ``items`` concurrently, print the answers, the workers and the
+    handler's batch metrics; returns how many answers were not 200."""
+    step(f"registering {model} (batch_size={args.batch_size}, max_batch_delay={args.max_batch_delay} ms); "
+         "loading the model in the workers ...")
+    t0 = time.monotonic()
+    print(ts.register(f"{model}.mar", model, batch_size=args.batch_size, max_batch_delay=args.max_batch_delay,
+                      synchronous=True, response_timeout=300)["status"], f"({time.monotonic() - t0:.0f} s)")
+    print(worker_summary(ts.describe(model)))
+
+    step(f"sending {len(items)} {what} to {model}, {args.concurrency} at a time")
+    t0 = time.monotonic()
+    answers = send_all(ts, model, items, args.concurrency)
+    elapsed = time.monotonic() - t0
+    for answer in answers:
+        print(describe_answer(answer))
+    ok = sum(a.status == 200 for a in answers)
+    print(f"{ok}/{len(answers)} answered 200 in {elapsed:.1f} s ({len(answers) / elapsed:.1f} {what} per second "
+          "end to end)")
+
+    step(f"{model}: worker status")
+    print(worker_summary(ts.describe(model)))
+    deadline = time.monotonic() + 5  # worker metrics reach the frontend a moment after the answers
+    while True:
+        metrics = ts.metrics()
+        batches = metric_total(metrics, "HandlerBatches", ModelName=model)
+        requests_ = metric_total(metrics, "HandlerBatchedRequests", ModelName=model)
+        if requests_ >= len(answers) or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    if batches:
+        print(f"handler ran {requests_:.0f} requests in {batches:.0f} batches (mean batch {requests_ / batches:.1f})")
+    return len(answers) - ok
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,14 +94,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-batch-delay", type=int, default=100, help="ms")
     parser.add_argument("--workers", type=int, default=None,
-                        help="workers for the model (default: archiver_configs/resnet101.yaml's on a GPU, 2 on CPU)")
+                        help="workers per model (default: the archive's model-config on a GPU; on the CPU "
+                             "2 for ResNet-101, 1 for BERT-Large)")
     parser.add_argument("--ports", type=parse_ports, default=None,
                         help="'free', or INFERENCE,MANAGEMENT,METRICS[,GRPC_INFERENCE,GRPC_MANAGEMENT] "
                              "(default: config.properties: 8080-8082, gRPC 7070-7071)")
     parser.add_argument("--model-store", type=Path, default=REPO / "model_store")
     parser.add_argument("--run-dir", type=Path, default=REPO / ".run" / "main")
     parser.add_argument("--keep-running", action="store_true", help="leave TorchServe up at the end")
+    parser.add_argument("--bert", action="store_true",
+                        help="also build, serve and query BERT-Large (random weights unless --bert-weights)")
+    parser.add_argument("--bert-weights", type=Path, default=None,
+                        help="a HuggingFace BertForSequenceClassification directory (implies --bert)")
     args = parser.parse_args(argv)
+    args.bert = args.bert or args.bert_weights is not None
     signal.signal(signal.SIGTERM, _sigterm)
 
     import torch
@@ -68,49 +121,28 @@ def main(argv: list[str] | None = None) -> int:
               "Pass --weights PATH for a trained model.\n" + "!" * 100, flush=True)
 
     ts = TorchServe(args.run_dir)
+    gpu = torch.cuda.is_available()
     try:
-        step(f"building {args.model_store / (MODEL + '.mar')}")
-        workers = args.workers if args.workers is not None else (None if torch.cuda.is_available() else CPU_WORKERS)
-        overrides = {"minWorkers": workers, "maxWorkers": workers} if workers is not None else None
-        build_archive(MODEL, args.weights, args.model_store, force=True, log=lambda m: print(m, flush=True),
-                      config_overrides=overrides)
+        models = [(MODEL, args.weights)] + ([(BERT, args.bert_weights)] if args.bert else [])
+        for model, weights in models:
+            step(f"building {args.model_store / (model + '.mar')}")
+            workers = args.workers if args.workers is not None else (None if gpu else CPU_WORKERS[model])
+            overrides = {"minWorkers": workers, "maxWorkers": workers} if workers is not None else None
+            build_archive(model, weights, args.model_store, force=True, log=lambda m: print(m, flush=True),
+                          config_overrides=overrides)
 
         step("starting TorchServe")
         ts.start(args.model_store, ports=args.ports)
 
-        step(f"registering {MODEL} (batch_size={args.batch_size}, max_batch_delay={args.max_batch_delay} ms); "
-             "loading the model in the workers ...")
-        t0 = time.monotonic()
-        print(ts.register(f"{MODEL}.mar", MODEL, batch_size=args.batch_size, max_batch_delay=args.max_batch_delay,
-                          synchronous=True, response_timeout=300)["status"], f"({time.monotonic() - t0:.0f} s)")
-        print(worker_summary(ts.describe(MODEL)))
-
-        step(f"sending {args.images} JPEGs, {args.concurrency} at a time")
+        failed = 0
         with tempfile.TemporaryDirectory(prefix="tsa-images-") as tmp:
             paths = write_images(Path(tmp), args.images, "jpeg")
-            items = [(p.name, p.read_bytes(), "image/jpeg") for p in paths]
-            t0 = time.monotonic()
-            answers = send_all(ts, MODEL, items, args.concurrency)
-            elapsed = time.monotonic() - t0
-        for answer in answers:
-            print(describe_answer(answer))
-        ok = sum(a.status == 200 for a in answers)
-        print(f"{ok}/{len(answers)} answered 200 in {elapsed:.1f} s ({len(answers) / elapsed:.1f} img/s end to end)")
-
-        step("worker status")
-        print(worker_summary(ts.describe(MODEL)))
-        deadline = time.monotonic() + 5  # worker metrics reach the frontend a moment after the answers
-        while True:
-            metrics = ts.metrics()
-            batches = metric_total(metrics, "HandlerBatches", ModelName=MODEL)
-            requests_ = metric_total(metrics, "HandlerBatchedRequests", ModelName=MODEL)
-            if requests_ >= len(answers) or time.monotonic() > deadline:
-                break
-            time.sleep(0.2)
-        if batches:
-            print(f"handler ran {requests_:.0f} requests in {batches:.0f} batches "
-                  f"(mean batch {requests_ / batches:.1f})")
-        return 0 if ok == len(answers) else 2
+            images = [(p.name, p.read_bytes(), "image/jpeg") for p in paths]
+            failed += serve_and_query(ts, MODEL, images, "JPEGs", args)
+        if args.bert:
+            texts = [(f"text[{i}]", json.dumps({"text": t}), "application/json") for i, t in enumerate(TEXTS)]
+            failed += serve_and_query(ts, BERT, texts, "texts", args)
+        return 0 if failed == 0 else 2
     except (ArchiveError, TorchServeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

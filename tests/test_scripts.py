@@ -334,6 +334,15 @@ def test_describe_answer_shows_top_predictions():
     assert client.describe_answer(error).startswith("415") and "not an image" in client.describe_answer(error)
 
 
+def test_describe_answer_shows_a_text_label_its_probability_and_truncation():
+    body = {"label": "positive", "probabilities": {"negative": 0.25, "positive": 0.75}, "truncated": True,
+            "batch_size": 3}
+    line = client.describe_answer(client.Answer("text[0]", 200, body, 0.2))
+    assert "text[0]: positive 0.750 (truncated) (batch 3)" in line
+    body.update(truncated=False)
+    assert "(truncated)" not in client.describe_answer(client.Answer("text[1]", 200, body, 0.2))
+
+
 # ------------------------------------------------------------------------------------------ shell entry points
 
 

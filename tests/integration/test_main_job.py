@@ -78,3 +78,22 @@ def test_main_job_stops_the_server_on_ctrl_c(tmp_path, java_home):
         time.sleep(0.2)
     assert java_gone(tmp_path / "run", pid), out
     assert os.path.exists(tmp_path / "run" / "torchserve.out")
+
+
+def test_main_job_with_bert_serves_both_models(tmp_path, java_home):
+    """``--bert-weights DIR``: BERT beside ResNet-101 in the same TorchServe, texts answered with labels, the
+    over-long one truncated and flagged. A tiny random checkpoint in the real HF layout keeps this fast on CPU."""
+    from handlers.text.bert import make_random_checkpoint
+    from tests.integration.test_bad_inputs import TINY_BERT
+
+    checkpoint = make_random_checkpoint(tmp_path / "bert-checkpoint", seed=5, config_overrides=TINY_BERT)
+    done = subprocess.run(main_command(tmp_path, "--images", "4", "--bert-weights", str(checkpoint)), cwd=tmp_path,
+                          capture_output=True, text=True, timeout=900, stdin=subprocess.DEVNULL)
+    out = done.stdout
+    assert done.returncode == 0, out + done.stderr
+    assert "4/4 answered 200" in out and "6/6 answered 200" in out
+    assert "bert_large: worker status" in out
+    assert out.count("text[") >= 6 and ("positive" in out or "negative" in out)
+    assert out.count("(truncated)") == 1  # the over-long text alone
+    assert (tmp_path / "model_store" / "bert_large.mar").exists()
+    assert "TorchServe stopped" in out

@@ -52,7 +52,7 @@ def test_onnx_export_matches_eager_under_onnxruntime(hf, tmp_path):
         assert np.abs(got - expected).max() < 1e-5
 
 
-@pytest.mark.skipif(not HAS_TENSORRT, reason="tensorrt does not import here (it cannot be installed in this workplace)")
+@pytest.mark.skipif(not HAS_TENSORRT, reason="tensorrt does not import here (TensorRT is not installed)")
 @pytest.mark.gpu
 def test_tensorrt_engine_matches_eager(hf, tmp_path):
     from handlers.text.tensorrt_backend import TensorRTEncoder, build_engine

@@ -36,10 +36,8 @@ main() {
     echo "=== $g GPU(s): $workers workers, batch $BS, delay $DELAY ms${MPS_FLAG[*]:+, under MPS}"
     CUDA_VISIBLE_DEVICES=$(seq -s, 0 $((g - 1))) timeout 150 "$PY" scripts/tsctl.py --run-dir "$run" start \
       --model-store "$WORK/store" --ports free --timeout 120 "${MPS_FLAG[@]}" || return 1
-    timeout 60 "$PY" scripts/tsctl.py --run-dir "$run" register resnet101.mar --batch-size "$BS" \
-        --max-batch-delay "$DELAY" --asynchronous \
-      && timeout 300 "$PY" scripts/sweep.py --run-dir "$run" wait resnet101 --workers 1 --timeout 290 \
-      && timeout 300 "$PY" scripts/sweep.py --run-dir "$run" scale resnet101 "$workers" --timeout 290 \
+    timeout 600 "$PY" scripts/sweep.py --run-dir "$run" up resnet101 "$workers" --batch-size "$BS" \
+        --max-batch-delay "$DELAY" --timeout 290 \
       && timeout $((WARMUP + DURATION + 120)) "$PY" scripts/loadgen.py --run-dir "$run" resnet101 \
         --concurrency $((workers * BS * 3 / 2)) --processes "$procs" --warmup "$WARMUP" --duration "$DURATION" \
         --label "resnet101-${g}gpu" --out "$WORK/results/resnet101-${g}gpu.json"

@@ -30,10 +30,8 @@ main() {
   timeout 150 "$PY" scripts/tsctl.py --run-dir "$RUN" start --model-store "$WORK/store" --ports free --timeout 120 \
     || return 1
   local status=0
-  timeout 60 "$PY" scripts/tsctl.py --run-dir "$RUN" register resnet101.mar --batch-size "$BS" \
-      --max-batch-delay "$DELAY" --asynchronous \
-    && timeout 300 "$PY" scripts/sweep.py --run-dir "$RUN" wait resnet101 --workers 1 --timeout 290 \
-    && timeout 300 "$PY" scripts/sweep.py --run-dir "$RUN" scale resnet101 "$WORKERS" --timeout 290 \
+  timeout 600 "$PY" scripts/sweep.py --run-dir "$RUN" up resnet101 "$WORKERS" --batch-size "$BS" \
+      --max-batch-delay "$DELAY" --timeout 290 \
     && timeout "$(awk -v m="$MINUTES" 'BEGIN { printf "%d", m * 60 + 600 }')" "$PY" scripts/soak.py --run-dir "$RUN" --model resnet101 \
       --minutes "$MINUTES" --processes "$PROCS" --out "$OUT/soak_resnet101.json"
   status=$?

@@ -4,6 +4,7 @@
     python scripts/sweep.py archives STORE resnet101 resnet101_baseline bert_large
     python scripts/sweep.py wait resnet101 --workers 1 --timeout 300          # until N workers are READY
     python scripts/sweep.py scale resnet101 4 --timeout 300                   # scale, then wait
+    python scripts/sweep.py up resnet101 6 --batch-size 64 --max-batch-delay 20   # register, first worker, scale
     python scripts/sweep.py run resnet101 --archive resnet101.mar --workers 1,2,4,8 --batch-sizes 32,64 \\
         --delays 5,20 --p99-bound-ms 100 --out-dir benchmarks/results/sweep [--budget-s 300]
     python scripts/sweep.py combine OUT.json DIR_OR_FILES... [--steps steps.tsv] [--ratio NAME=A/B]
@@ -438,6 +439,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("workers", type=int)
     p.add_argument("--timeout", type=float, default=300)
 
+    p = sub.add_parser("up", help="register an archive with batching, wait for its first worker, scale to N")
+    p.add_argument("model")
+    p.add_argument("workers", type=int)
+    p.add_argument("--archive", default=None, help="archive in the model store (default MODEL.mar)")
+    p.add_argument("--batch-size", type=int, required=True)
+    p.add_argument("--max-batch-delay", type=int, required=True, help="ms")
+    p.add_argument("--timeout", type=float, default=300, help="seconds for each wait")
+
     p = sub.add_parser("unregister", help="unregister a model (if registered) and wait until it is gone")
     p.add_argument("model")
 
@@ -500,6 +509,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "wait":
             wait_workers(ts, args.model, args.workers, args.timeout, log)
         elif args.command == "scale":
+            scale_and_wait(ts, args.model, args.workers, args.timeout, log)
+        elif args.command == "up":
+            register_and_wait(ts, args.archive or f"{args.model}.mar", args.model, args.batch_size,
+                              args.max_batch_delay, args.timeout, log)
             scale_and_wait(ts, args.model, args.workers, args.timeout, log)
         elif args.command == "unregister":
             unregister_and_wait(ts, args.model, log=log)

@@ -81,3 +81,16 @@ def test_two_point_sweep(echo, tmp_path):
     assert json.loads((tmp_path / "echo-w2-bs4-d5.json").read_text())["config"]["server"]["workers"] == 2
     description = echo.describe("echo")
     assert description["batchSize"] == 4 and len(description["workers"]) == 2
+
+
+def test_up_registers_with_batching_and_scales(echo):
+    """``sweep.py up``: what the GPU scripts run to bring a model up (register, first worker, scale)."""
+    argv = ["--run-dir", str(echo.run_dir), "up", "echo_up", "2", "--archive", "echo.mar", "--batch-size", "3",
+            "--max-batch-delay", "7", "--timeout", "60"]
+    try:
+        assert sweep.main(argv) == 0
+        description = echo.describe("echo_up")
+        assert (description["batchSize"], description["maxBatchDelay"]) == (3, 7)
+        assert [w["status"] for w in description["workers"]] == ["READY", "READY"]
+    finally:
+        sweep.unregister_and_wait(echo, "echo_up", log=print)

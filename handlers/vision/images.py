@@ -9,8 +9,8 @@ The hot path is two functions:
 * ``resize_crop_normalize(images, spec)``: resize (shorter side, antialiased bilinear, as torchvision's
   ``Resize``), center crop and normalize, batched over images of equal size, producing the engine's input
   dtype and memory format directly. The antialiased resize is linear and separable, so for each image size it
-  is two small matrices (PyTorch's own resize weights, restricted to the crop window, with 1/std folded in):
-  resize + crop + normalize become two batched matmuls and one subtraction.
+  is two small matrices (PyTorch's own resize weights, restricted to the crop window): resize + crop +
+  normalize become two matmuls and one multiply-add.
 """
 
 from __future__ import annotations

@@ -12,6 +12,9 @@ Variants (random seeded BertForSequenceClassification weights, classify head, ba
     ours-eager         our encoder on packed tokens, Triton epilogues; varlen_attn, or dense SDPA on views when
                        all lengths are equal (the fixed-length scenarios)
     ours-eager-varlen  the same forcing varlen_attn on the fixed-length scenarios
+    ours-eager-fused-ffn / ours-eager-unfused-ffn  ours-eager with the FFN choice the load-time pick did not take
+                       (the fused Triton GEMM + bias + GELU, or cuBLAS + the separate bias+GELU kernel; sm90+,
+                       handlers/text/triton_gemm.py), timed beside it and gated for correctness like the others
     ours-graphs        the whole batch replayed from one CUDA graph (token bucket, 256 slots, max_seqlen 512)
     ours-e2e           BertRunner.encode with the archive's defaults: host packing, one H2D copy, graphs only
                        for chunks <= 8192 tokens, one D2H copy (what the handler pays after tokenizing)
@@ -181,6 +184,16 @@ def main() -> int:
     attention, why_attention = select_attention("auto", device, dtype, head_dim)
     ops, why_ops = select_ops("auto", device, compiled=False)
     ours = packed_from_hf(hf16, head="classify", attention=attention, ops=ops)
+    other_ops = None  # the FFN choice the load-time pick did not take, timed beside it
+    if ops.name == "triton":  # as the handler does (bert.build_runner): the fused FFN GEMM if it is faster here
+        from handlers.text.triton_gemm import FusedGemmOps, pick_ffn_ops, unavailable_reason
+
+        with torch.inference_mode():
+            ours.ops, why_gemm = pick_ffn_ops(ours.layers[0].ffn_in, 16384)
+        why_ops = f"{why_ops}; FFN: {why_gemm}"
+        w = ours.layers[0].ffn_in.weight
+        if unavailable_reason(device, dtype, w.shape[1], w.shape[0]) is None:
+            other_ops = ops if ours.ops.name != ops.name else FusedGemmOps()
     graphs = CudaGraphRunner(ours, device, SEQ_SLOTS, MAX_SEQLEN) if device.type == "cuda" else None
     report["ours"] = {"attention": why_attention, "fusion": why_ops, "cuda_graphs": graphs is not None}
     log(f"models ready in {time.time() - t0:.1f} s on {report['device']}: {report['ours']}")
@@ -217,7 +230,12 @@ def main() -> int:
             and row["ours_padding_is_zero"]
         )
         for variant, fn in variants.items():
-            other = fn(ids, types)[: len(ids)]
+            other = fn(ids, types)
+            if isinstance(other, tuple):  # (padded hidden, probs): gate the hidden states too
+                other_hidden, other = other
+                row[f"{variant}_hidden_max_err"] = max_error(other_hidden, ref_hidden, mask)
+                ok = ok and row[f"{variant}_hidden_max_err"] <= 3 * row["hf_fp16_hidden_max_err"]
+            other = other[: len(ids)]
             row[f"{variant}_probs_max_err"] = max_error(other, ref_probs)
             row[f"{variant}_vs_eager_probs"] = max_error(other, probs)
             ok = ok and row[f"{variant}_probs_max_err"] <= 3 * max(row["hf_fp16_probs_max_err"], floor)
@@ -249,6 +267,15 @@ def main() -> int:
             log(f"CUDA graphs disabled: {report['ours']['cuda_graphs']}")
             graphs = None
     graph_variants = {"ours-graphs": run_graphs(graphs)} if graphs else {}
+    if other_ops is not None:
+        def run_other(ids, types):
+            picked, ours.ops = ours.ops, other_ops
+            try:
+                return ours_forward(ours, packed_batch(ids, types, device=device), len(ids))
+            finally:
+                ours.ops = picked
+
+        graph_variants["ours-fused-ffn" if other_ops.name != "triton" else "ours-unfused-ffn"] = run_other
     for name, lengths in correctness_batches.items():
         if args.tiny:
             lengths = [min(n, 64) for n in lengths[:8]]
@@ -297,6 +324,11 @@ def main() -> int:
             record("hf-fp16-sdpa", scenario, lengths, ms, inputs[0].numel())
             exact = packed_batch(ids, types, device=device)
             record("ours-eager", scenario, lengths, timer.ms(lambda: ours(exact), iters), exact.num_tokens)
+            if other_ops is not None:  # the same with the FFN choice the pick did not take
+                picked, ours.ops = ours.ops, other_ops
+                label = "ours-eager-unfused-ffn" if other_ops.name == "triton" else "ours-eager-fused-ffn"
+                record(label, scenario, lengths, timer.ms(lambda: ours(exact), iters), exact.num_tokens)
+                ours.ops = picked
             if exact.uniform:  # the same batch through varlen_attn instead of dense SDPA
                 ragged = dataclasses.replace(exact, uniform=False)
                 record("ours-eager-varlen", scenario, lengths, timer.ms(lambda: ours(ragged), iters), exact.num_tokens)
@@ -444,6 +476,9 @@ def handler_main(args) -> int:
 def profile_main(args) -> int:
     """Where the time goes: per-kernel breakdown of one forward, GEMM and epilogue microbenchmarks, options."""
     from handlers.text.encoder import EncoderConfig, PackedBert
+    from handlers.text.triton_gemm import CANDIDATES as GEMM_CANDIDATES
+    from handlers.text.triton_gemm import FusedGemmOps
+    from handlers.text.triton_gemm import linear_gelu as fused_linear_gelu
     from handlers.text.triton_ops import TritonOps
 
     device = torch.device("cuda")
@@ -464,30 +499,43 @@ def profile_main(args) -> int:
     mixed = scenario_lengths("mixed16-128x256")
     mids, mtypes = random_sequences(mixed, cfg.vocab_size, seed=7)
     mbatch = packed_batch(mids, mtypes, device=device)
+    ids384, types384 = random_sequences(scenario_lengths("fixed384x64"), cfg.vocab_size, seed=7)
+    batch384 = packed_batch(ids384, types384, device=device)
     prof = report["profile"]
 
     with torch.inference_mode():
-        # 1. kernel breakdown of one forward (fixed 128 x 256)
-        for _ in range(3):
-            model(batch)
-        torch.cuda.synchronize()
+        # 1. kernel breakdown of one forward (fixed 128 x 256), Triton epilogues, then the fused FFN GEMM
         from torch.profiler import ProfilerActivity, profile
 
-        with profile(activities=[ProfilerActivity.CUDA]) as p:
-            model(batch)
+        def kernel_table(key: str, title: str) -> None:
+            for _ in range(3):
+                model(batch)
             torch.cuda.synchronize()
-        rows = []
-        for e in p.key_averages():
-            t = getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0)
-            if t > 0:
-                rows.append((t / 1000, e.count, e.key[:110]))
-        rows.sort(reverse=True)
-        total = sum(r[0] for r in rows)
-        prof["kernels_fixed128x256"] = [{"ms": round(t, 3), "count": c, "kernel": k} for t, c, k in rows[:25]]
-        print(f"\nkernel breakdown, one forward fixed 128x256 (total {total:.2f} ms of kernels):")
-        for t, c, k in rows[:25]:
-            print(f"  {t:8.3f} ms  {c:4d}x  {k}")
-        save()
+            with profile(activities=[ProfilerActivity.CUDA]) as p:
+                model(batch)
+                torch.cuda.synchronize()
+            rows = []
+            for e in p.key_averages():
+                t = getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0)
+                if t > 0:
+                    rows.append((t / 1000, e.count, e.key[:110]))
+            rows.sort(reverse=True)
+            total = sum(r[0] for r in rows)
+            prof[key] = {"total_ms": round(total, 3),
+                         "kernels": [{"ms": round(t, 3), "count": c, "kernel": k} for t, c, k in rows[:25]]}
+            print(f"\nkernel breakdown, {title} (total {total:.2f} ms of kernels):")
+            for t, c, k in rows[:25]:
+                print(f"  {t:8.3f} ms  {c:4d}x  {k}")
+            save()
+
+        kernel_table("kernels_fixed128x256", "one forward fixed 128x256")
+        model.ops = FusedGemmOps()
+        try:
+            kernel_table("kernels_fixed128x256_fused_gemm", "one forward fixed 128x256, fused FFN GEMM")
+        except Exception as exc:  # noqa: BLE001 - record and go on
+            prof["kernels_fixed128x256_fused_gemm"] = f"{type(exc).__name__}: {exc}"[:500]
+            print("fused GEMM failed:", prof["kernels_fixed128x256_fused_gemm"])
+        model.ops = TritonOps()
 
         # 2. GEMMs at the encoder's shapes
         def tflops(m, n, k, ms):
@@ -506,6 +554,18 @@ def profile_main(args) -> int:
                 row["cublas_bias_ms"] = timer.ms(lambda: torch.nn.functional.linear(x, w, b), 20)
                 if n == 4096:
                     row["cublas_then_triton_gelu_ms"] = timer.ms(lambda: TritonOps.bias_gelu(torch.nn.functional.linear(x, w), b), 20)
+                    ref = torch.nn.functional.gelu(torch.nn.functional.linear(x[:512].float(), w.float(), b.float()))
+                    for cfg in GEMM_CANDIDATES:
+                        try:
+                            got = fused_linear_gelu(x[:512], w, b, cfg)
+                            row[f"fused_gemm_gelu[{cfg.label()}]_ms"] = timer.ms(lambda: fused_linear_gelu(x, w, b, cfg), 20)
+                            row[f"fused_gemm_gelu[{cfg.label()}]_max_err"] = (got.float() - ref).abs().max().item()
+                        except Exception as exc:  # noqa: BLE001 - record and go on
+                            row[f"fused_gemm_gelu[{cfg.label()}]_error"] = f"{type(exc).__name__}: {exc}"[:300]
+                    # Reference only (a private op, not used by the encoder): cuBLASLt's own GELU epilogue.
+                    if hasattr(torch, "_addmm_activation"):
+                        wt = w.t()
+                        row["reference_cublaslt_gelu_epilogue_ms"] = timer.ms(lambda: torch._addmm_activation(b, x, wt, use_gelu=True), 20)
                 row = {k2: (round(v, 4) if isinstance(v, float) else v) for k2, v in row.items()}
                 row["cublas_tflops"] = tflops(m, n, k, row["cublas_ms"])
                 gemms.append(row)
@@ -552,6 +612,15 @@ def profile_main(args) -> int:
             torch.backends.cuda.preferred_blas_library("cublas")
         except Exception as exc:  # noqa: BLE001
             forward["cublaslt_error"] = f"{type(exc).__name__}: {exc}"[:300]
+        fused = FusedGemmOps()
+        ref_out = model(batch)
+        model.ops = fused
+        forward["fused_gemm_max_abs_diff_vs_triton_ops"] = (model(batch) - ref_out).abs().max().item()
+        forward["fused_gemm_fixed128"] = timer.ms(lambda: model(batch), 10)
+        forward["fused_gemm_mixed"] = timer.ms(lambda: model(mbatch), 10)
+        forward["fused_gemm_fixed384x64"] = timer.ms(lambda: model(batch384), 10)
+        model.ops = TritonOps()
+        forward["triton_ops_fixed384x64"] = timer.ms(lambda: model(batch384), 10)
         for slots, seqlen in ((256, 128), (256, 512)):
             g = CudaGraphRunner(model, device, slots, seqlen)
             (chunk,) = plan_chunks(mixed, slots, MAX_TOKENS, graph_max_tokens=MAX_TOKENS, graph_max_seqlen=seqlen)
@@ -559,6 +628,22 @@ def profile_main(args) -> int:
             forward[f"graphs_mixed_slots{slots}_maxseqlen{seqlen}_tokens{chunk.num_tokens}"] = timer.ms(lambda: g(seg, chunk.num_tokens), 10)
         prof["forward_ms"] = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in forward.items()}
         print("forward", json.dumps(prof["forward_ms"], indent=1))
+        save()
+
+        # 5. what Inductor's max-autotune makes of GELU(linear(x)) (Triton templates with the epilogue fused)
+        x = torch.randn(32768, 1024, device=device, dtype=torch.float16)
+        w = torch.randn(4096, 1024, device=device, dtype=torch.float16) / 32
+        b = torch.randn(4096, device=device, dtype=torch.float16)
+        try:
+            t0 = time.perf_counter()
+            fn = torch.compile(lambda x: torch.nn.functional.gelu(torch.nn.functional.linear(x, w, b)),
+                               mode="max-autotune-no-cudagraphs", dynamic=False)
+            fn(x)
+            prof["max_autotune_linear_gelu"] = {"compile_s": round(time.perf_counter() - t0, 1),
+                                                "ms_32768x4096x1024": round(timer.ms(lambda: fn(x), 20), 4)}
+        except Exception as exc:  # noqa: BLE001
+            prof["max_autotune_linear_gelu"] = f"{type(exc).__name__}: {exc}"[:500]
+        print("max-autotune linear+gelu", prof["max_autotune_linear_gelu"])
         save()
     return 0
 

@@ -77,11 +77,18 @@ def finish_batch(context: Any, outputs: Sequence[Any]) -> list[str]:
     return responses
 
 
-def record_batch(context: Any, batch_size: int, padded_to: int | None = None) -> None:
+STAGE_METRICS = {"decode": "HandlerDecodeMs", "compute": "HandlerComputeMs", "total": "HandlerTotalMs"}
+
+
+def record_batch(
+    context: Any, batch_size: int, padded_to: int | None = None, stage_seconds: Mapping[str, float] | None = None
+) -> None:
     """Emit the batch the handler actually ran as custom metrics.
 
     ``HandlerBatches`` (+1) and ``HandlerBatchedRequests`` (+batch size) are counters, so the mean batch size
     over any window is the ratio of their increments; ``HandlerBatchSize`` is the last batch as a gauge.
+    ``stage_seconds`` (keys of ``STAGE_METRICS``) become millisecond counters: their increments over a window
+    divided by the batches give the handler's host time per batch and stage.
     """
     metrics = getattr(context, "metrics", None)
     if metrics is None:
@@ -93,6 +100,9 @@ def record_batch(context: Any, batch_size: int, padded_to: int | None = None) ->
     metrics.add_metric("HandlerBatchSize", batch_size, "count", metric_type=MetricTypes.GAUGE)
     if padded_to is not None:
         metrics.add_metric("HandlerPaddedBatchSize", padded_to, "count", metric_type=MetricTypes.GAUGE)
+    for stage, seconds in (stage_seconds or {}).items():
+        if stage in STAGE_METRICS:
+            metrics.add_metric(STAGE_METRICS[stage], round(seconds * 1e3, 3), "ms", metric_type=MetricTypes.COUNTER)
 
 
 def claim_device(context: Any) -> str:

@@ -8,6 +8,7 @@ Options: the ``handler:`` section of the archive's model-config.yaml (``ResNetOp
 """
 
 import logging
+import time
 
 try:
     import torch
@@ -35,14 +36,17 @@ class ResNetHandler:
         self.classifier = ImageClassifier.load(context.system_properties["model_dir"], options, device, max_batch)
 
     def handle(self, data, context):
+        start = time.perf_counter()
         blobs = [_image_bytes(request) for request in data]
-        results = self.classifier.classify_blobs(blobs)
+        timings = {}
+        results = self.classifier.classify_blobs(blobs, timings)
         served = sum(1 for r in results if not isinstance(r, RequestError))
-        record_batch(context, len(data))
         for result in results:
             if isinstance(result, dict):
                 result.update(batch_size=len(data), images_in_batch=served, engine=self.classifier.engine.name)
-        return finish_batch(context, results)
+        responses = finish_batch(context, results)
+        record_batch(context, len(data), stage_seconds={**timings, "total": time.perf_counter() - start})
+        return responses
 
 
 def _image_bytes(request):

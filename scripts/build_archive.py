@@ -4,6 +4,7 @@
     python scripts/build_archive.py resnet101 [--weights PATH] [--output-dir model_store] [--force]
     python scripts/build_archive.py bert_large [--weights DIR]
     python scripts/build_archive.py resnet101 --set minWorkers=1 --set maxWorkers=1   # model-config overrides
+    python scripts/build_archive.py resnet101 --set handler.blocking_sync=true         # one handler option
 
 The model's module prepares the archive's files (weights as safetensors, tokenizer files, ...) in a staging
 directory; the archive then holds the handler entry file, archiver_configs/<model>.yaml as model-config, and
@@ -92,11 +93,19 @@ def run_archiver(model: str, handler: Path, config: Path, serialized: Path | Non
 
 
 def config_with(config: Path, overrides: dict[str, Any], target: Path) -> Path:
-    """``config`` (model-config YAML) with top-level ``overrides`` applied, written to ``target``."""
+    """``config`` (model-config YAML) with ``overrides`` applied, written to ``target``. A dotted key
+    (``handler.blocking_sync``) sets one entry of a section and keeps the rest of it."""
     import yaml
 
     data = yaml.safe_load(config.read_text()) or {}
-    data.update(overrides)
+    for key, value in overrides.items():
+        *sections, leaf = key.split(".")
+        node = data
+        for section in sections:
+            if not isinstance(node.get(section, {}), dict):
+                raise ArchiveError(f"--set {key}: {section!r} is not a section of {config.name}")
+            node = node.setdefault(section, {})
+        node[leaf] = value
     target.write_text(f"# {config.name} with {overrides}\n" + yaml.safe_dump(data, sort_keys=False))
     return target
 

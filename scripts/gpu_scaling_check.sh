@@ -7,7 +7,9 @@
 #   OUT=gpu_out bash scripts/gpu_scaling_check.sh          # TorchServe + Java importable (benchmarks/BENCHMARKS.md)
 # Knobs: GPUS (default: all, from nvidia-smi), WORKERS_PER_GPU (6), BS (64), DELAY (20), WARMUP (5), DURATION (15),
 # PROCS (load processes, 8: the clients used ~13% of a core each at 19.6k req/s), MPS (1: workers under an NVIDIA
-# MPS daemon, tsctl.py start --mps; not measured yet). A CPU dry run: GPUS=2 WORKERS_PER_GPU=1 BS=4 DURATION=5 PROCS=2.
+# MPS daemon, tsctl.py start --mps), CONC_PER_SLOT (in flight per batch slot of the workers, 1.5), SET (model-config
+# changes for the archive, e.g. "handler.blocking_sync=true"; several separated by spaces).
+# A CPU dry run: GPUS=2 WORKERS_PER_GPU=1 BS=4 DURATION=5 PROCS=2.
 set -uo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
@@ -20,26 +22,31 @@ BS=${BS:-64}
 DELAY=${DELAY:-20}
 WARMUP=${WARMUP:-5}
 DURATION=${DURATION:-15}
+CONC_PER_SLOT=${CONC_PER_SLOT:-1.5}
 MPS_FLAG=()
 [ "${MPS:-0}" = 1 ] && MPS_FLAG=(--mps)
+SET_FLAGS=()
+for change in ${SET:-}; do SET_FLAGS+=(--set "$change"); done
 export PYTHONUNBUFFERED=1 PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/scaling.XXXXXX")
 
 main() {
   ((GPUS >= 1)) || { echo "no GPU found (set GPUS=N for a dry run)"; return 1; }
   nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null
-  timeout 300 "$PY" scripts/sweep.py archives "$WORK/store" resnet101 || return 1
+  timeout 300 "$PY" scripts/sweep.py archives "$WORK/store" resnet101 "${SET_FLAGS[@]}" || return 1
   local counts=(1) g
   ((GPUS > 1)) && counts+=("$GPUS")
   for g in "${counts[@]}"; do
     local run="$WORK/run-$g" workers=$((WORKERS_PER_GPU * g)) procs=${PROCS:-8}
-    echo "=== $g GPU(s): $workers workers, batch $BS, delay $DELAY ms${MPS_FLAG[*]:+, under MPS}"
+    local conc
+    conc=$(awk -v w="$workers" -v b="$BS" -v c="$CONC_PER_SLOT" 'BEGIN { printf "%d", w * b * c }')
+    echo "=== $g GPU(s): $workers workers, batch $BS, delay $DELAY ms, $conc in flight${MPS_FLAG[*]:+, under MPS}${SET:+, $SET}"
     CUDA_VISIBLE_DEVICES=$(seq -s, 0 $((g - 1))) timeout 150 "$PY" scripts/tsctl.py --run-dir "$run" start \
       --model-store "$WORK/store" --ports free --timeout 120 "${MPS_FLAG[@]}" || return 1
     timeout 600 "$PY" scripts/sweep.py --run-dir "$run" up resnet101 "$workers" --batch-size "$BS" \
         --max-batch-delay "$DELAY" --timeout 290 \
       && timeout $((WARMUP + DURATION + 120)) "$PY" scripts/loadgen.py --run-dir "$run" resnet101 \
-        --concurrency $((workers * BS * 3 / 2)) --processes "$procs" --warmup "$WARMUP" --duration "$DURATION" \
+        --concurrency "$conc" --processes "$procs" --warmup "$WARMUP" --duration "$DURATION" \
         --label "resnet101-${g}gpu" --out "$WORK/results/resnet101-${g}gpu.json"
     timeout 60 "$PY" scripts/tsctl.py --run-dir "$run" stop --timeout 30
   done

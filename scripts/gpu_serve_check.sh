@@ -12,7 +12,8 @@
 # also printed last). A failed step is logged and the rest still runs; every wait has a timeout.
 # Knobs (environment): BUDGET_S, WARMUP, DURATION, PROCS (load processes), WORKERS, BS, DELAY, CONC
 # (ResNet closed loop), BERT (0: skip), BERT_CONC, SWEEP (0: skip), SWEEP_WORKERS, SWEEP_BS, SWEEP_DELAYS,
-# P99_MS, WORK (scratch dir). A CPU smoke run: BUDGET_S=420 WARMUP=2 DURATION=5 PROCS=2 WORKERS=1 BS=4 CONC=8 BERT=0 ...
+# P99_MS, WORK (scratch dir), MPS (auto: workers under an NVIDIA MPS daemon when nvidia-cuda-mps-control and a GPU
+# are there, 1: always, 0: never; benchmarks/results/served_mps_h100.json). A CPU smoke run: BUDGET_S=420 WARMUP=2 DURATION=5 PROCS=2 WORKERS=1 BS=4 CONC=8 BERT=0 ...
 set -uo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
@@ -24,14 +25,21 @@ BUDGET_S=${BUDGET_S:-480}
 WARMUP=${WARMUP:-5}
 DURATION=${DURATION:-15}
 PROCS=${PROCS:-8}
-WORKERS=${WORKERS:-6}
+WORKERS=${WORKERS:-10}
 BS=${BS:-64}
 DELAY=${DELAY:-20}
-CONC=${CONC:-$((WORKERS * BS * 3 / 2))}
+CONC=${CONC:-$((WORKERS * BS))}
+MPS=${MPS:-auto}
+if [ "$MPS" = auto ]; then
+  MPS=0
+  command -v nvidia-cuda-mps-control >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && MPS=1
+fi
+MPS_FLAG=()
+[ "$MPS" = 1 ] && MPS_FLAG=(--mps)
 BERT=${BERT:-1}
 BERT_CONC=${BERT_CONC:-128}
 SWEEP=${SWEEP:-1}
-SWEEP_WORKERS=${SWEEP_WORKERS:-1,2,4,6,8}
+SWEEP_WORKERS=${SWEEP_WORKERS:-1,2,4,8,10}
 SWEEP_DELAYS=${SWEEP_DELAYS:-5,20}
 SWEEP_BS=${SWEEP_BS:-$BS}
 P99_MS=${P99_MS:-100}
@@ -124,7 +132,7 @@ main() {
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo "no nvidia-smi: CPU run"
   "$PY" -c 'import sys, importlib.metadata as m
 print("python", sys.version.split()[0], *[f"{p} {m.version(p)}" for p in ("torch", "torchvision", "torchserve")])' || true
-  echo "ResNet: ${WORKERS} workers, batchSize ${BS}, maxBatchDelay ${DELAY} ms, ${CONC} in flight; ${PROCS} load processes"
+  echo "ResNet: ${WORKERS} workers, batchSize ${BS}, maxBatchDelay ${DELAY} ms, ${CONC} in flight; ${PROCS} load processes; MPS ${MPS}"
 
   # 1. Archives. BERT's (~0.7 GB, random weights) builds in the background until the first measurement
   #    (wait_bert_build): never during one, as it would take CPU from the handlers (the baseline is CPU-bound).
@@ -140,7 +148,7 @@ print("python", sys.version.split()[0], *[f"{p} {m.version(p)}" for p in ("torch
   step archives-resnet 240 "${SWEEP_PY[@]}" archives "$STORE" resnet101 resnet101_baseline
 
   # 2. TorchServe on free loopback ports.
-  if step start 150 "${TSCTL[@]}" start --model-store "$STORE" --ports free --timeout 120; then
+  if step start 150 "${TSCTL[@]}" start --model-store "$STORE" --ports free --timeout 120 "${MPS_FLAG[@]}"; then
     ts_up=1
   else
     finish

@@ -540,6 +540,13 @@ def counter_deltas(before: list[Sample] | None, after: list[Sample] | None, mode
         "mean_queue_ms": round(queue_us / served / 1000, 3) if served and queue_us is not None else None,
         "mean_server_latency_ms": round(infer_us / served / 1000, 3) if served and infer_us is not None else None,
     }
+    stages = {}
+    for stage, name in (("decode", "HandlerDecodeMs"), ("compute", "HandlerComputeMs"), ("total", "HandlerTotalMs")):
+        ms = delta(name, ModelName=model)
+        if ms is not None and batches:
+            stages[stage] = round(ms / batches, 3)
+    if stages:
+        out["handler_ms_per_batch"] = stages
     if batches is None:
         out["note"] = ("no HandlerBatches samples for this model: the handler does not call record_batch, "
                        "or model_metrics_auto_detect is off")
@@ -604,6 +611,65 @@ class GpuSampler:
         means = [g["util_mean"] for g in gpus.values()]
         return {"util_mean": round(sum(means) / len(means), 1) if means else None, "per_gpu": gpus,
                 "interval_ms": self.interval_ms}
+
+
+class HostCpu:
+    """CPU time of the whole host and of TorchServe's processes (frontend JVM, Python workers) between two
+    snapshots of /proc (Linux; null elsewhere). Says whether the host's cores, not the GPU, set the pace."""
+
+    WORKER_MARK = "model_service_worker"
+    FRONTEND_MARK = "org.pytorch.serve.ModelServer"
+
+    def __init__(self):
+        self.available = Path("/proc/stat").exists()
+        self.tick = os.sysconf("SC_CLK_TCK") if self.available else 100
+
+    def snapshot(self) -> dict[str, Any] | None:
+        if not self.available:
+            return None
+        try:
+            fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        except (OSError, ValueError):
+            return None
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+        procs: dict[str, tuple[str, float]] = {}
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                if self.WORKER_MARK in cmdline:
+                    kind = "worker"
+                elif self.FRONTEND_MARK in cmdline:
+                    kind = "frontend"
+                else:
+                    continue
+                stat = (entry / "stat").read_text()
+                ticks = stat[stat.rindex(")") + 2:].split()
+                procs[entry.name] = (kind, (int(ticks[11]) + int(ticks[12])) / self.tick)  # utime + stime
+            except (OSError, ValueError, IndexError):
+                continue
+        return {"t": time.monotonic(), "total": sum(fields) / self.tick, "idle": idle / self.tick, "procs": procs}
+
+    @staticmethod
+    def summary(before: dict[str, Any] | None, after: dict[str, Any] | None) -> dict[str, Any] | None:
+        if not before or not after or after["t"] <= before["t"]:
+            return None
+        wall = after["t"] - before["t"]
+        total = after["total"] - before["total"]
+        busy = total - (after["idle"] - before["idle"])
+        workers, frontend = [], 0.0
+        for pid, (kind, cpu) in after["procs"].items():
+            if pid not in before["procs"]:
+                continue
+            used = (cpu - before["procs"][pid][1]) / wall  # cores
+            if kind == "worker":
+                workers.append(round(used, 2))
+            else:
+                frontend += used
+        return {"cores": os.cpu_count(), "host_busy": round(busy / total, 3) if total > 0 else None,
+                "frontend_cores": round(frontend, 2), "worker_cores": sorted(workers, reverse=True),
+                "note": "cores = CPU seconds per second; a worker near 1.0 is bound by its own host code"}
 
 
 # ---------------------------------------------------------------------------------------------- environment
@@ -731,7 +797,8 @@ def run_load(ts: TorchServe, model: str, payloads: Sequence[Payload], config: Lo
         f"(mean {sum(len(p.body) for p in payloads) / len(payloads) / 1000:.1f} KB), warm-up {config.warmup_s:g} s, "
         f"measured {config.duration_s:g} s")
     outputs: dict[int, dict] = {}
-    before = after = None
+    before = after = cpu_before = cpu_after = None
+    host_cpu = HostCpu()
     for w in workers:
         w.start()
     with GpuSampler() as gpu:
@@ -753,10 +820,12 @@ def run_load(ts: TorchServe, model: str, payloads: Sequence[Payload], config: Lo
             window_start = start_at + config.warmup_s
             window_end = window_start + config.duration_s
             _sleep_until(window_start)
+            cpu_before = host_cpu.snapshot()
             before = scrape(ts)
             # Wait for the window to close (or every process to finish early through max_requests).
             while time.monotonic() < window_end and len(outputs) < processes:
                 _drain(results, outputs, timeout=min(0.25, max(0.0, window_end - time.monotonic())))
+            cpu_after = host_cpu.snapshot()
             after = scrape(ts)
             scraped_at = time.monotonic()
             hard_stop = window_end + config.timeout_s + 30
@@ -790,6 +859,7 @@ def run_load(ts: TorchServe, model: str, payloads: Sequence[Payload], config: Lo
     result.update(summarize(records, window_start, window_end))
     result["server"] = counter_deltas(before, after, model)
     result["gpu"] = gpu.summary(window_start, min(window_end, scraped_at))
+    result["host_cpu"] = HostCpu.summary(cpu_before, cpu_after)
     busiest = max((c["cpu_busy"] for c in client), default=None)
     result["client"] = {
         "processes": processes, "busiest_process_cpu": busiest, "per_process": client, "failures": failures,
@@ -860,7 +930,22 @@ def one_line(document: dict[str, Any]) -> str:
             f"p50 {_fmt(lat['p50'])} p90 {_fmt(lat['p90'])} p99 {_fmt(lat['p99'])} ms, errors {errors}, "
             f"mean batch {_fmt(srv.get('mean_batch_size'))}, GPU busy "
             f"{_fmt(gpu.get('util_mean')) + '%' if gpu else 'n/a'}, client CPU max "
-            f"{_fmt(r['client']['busiest_process_cpu'])}")
+            f"{_fmt(r['client']['busiest_process_cpu'])}{_host_cpu_text(r.get('host_cpu'))}{_stages_text(srv)}")
+
+
+def _host_cpu_text(host: dict[str, Any] | None) -> str:
+    if not host:
+        return ""
+    workers = host["worker_cores"]
+    return (f", host CPU {host['host_busy']:.0%} of {host['cores']} cores (frontend {host['frontend_cores']:.1f}, "
+            f"workers {sum(workers):.1f}, busiest {max(workers, default=0):.2f})")
+
+
+def _stages_text(server: dict[str, Any]) -> str:
+    stages = server.get("handler_ms_per_batch")
+    if not stages:
+        return ""
+    return ", handler ms/batch " + " ".join(f"{k} {v:.1f}" for k, v in stages.items())
 
 
 def _fmt(value: Any) -> str:

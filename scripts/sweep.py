@@ -40,7 +40,7 @@ if __package__ in (None, ""):
 
 from scripts import loadgen  # noqa: E402
 from scripts.build_archive import (  # noqa: E402
-    ArchiveError, archive_inputs, check_flat_names, config_with, run_archiver,
+    ArchiveError, archive_inputs, check_flat_names, config_with, parse_overrides, run_archiver,
 )
 from scripts.tsctl import DEFAULT_RUN_DIR, TorchServe, TorchServeError  # noqa: E402
 
@@ -76,10 +76,11 @@ def _weights_from_archive(archive: Path, target_dir: Path) -> Path | None:
 
 
 def build_bench_archive(name: str, store: Path, weights: Path | None = None, workers: int | None = 1,
-                        log: Log = print) -> Path:
+                        log: Log = print, overrides: dict[str, Any] | None = None) -> Path:
     """Build ``store/<name>.mar`` for a benchmark (overwriting it); ``name`` is one of BENCH_ARCHIVES.
 
     ``workers``: our archives' minWorkers/maxWorkers in model-config (None keeps the repo's values).
+    ``overrides``: more model-config changes for our archives (``build_archive.parse_overrides``).
     """
     store = Path(store).resolve()
     store.mkdir(parents=True, exist_ok=True)
@@ -107,8 +108,12 @@ def build_bench_archive(name: str, store: Path, weights: Path | None = None, wor
                 raise ArchiveError(f"{spec.module} has no prepare_archive_files yet")
             files = prepare(staging, weights, log)
             serialized, extra = files.serialized_file, [Path(p) for p in files.extra_files]
+            changes = dict(overrides or {})
             if workers is not None:
-                config = config_with(config, {"minWorkers": workers, "maxWorkers": workers}, work / config.name)
+                changes.update(minWorkers=workers, maxWorkers=workers)
+            if changes:
+                log(f"[{name}] model-config overrides: {changes}")
+                config = config_with(config, changes, work / config.name)
         check_flat_names(handler, config, serialized, extra)
         out = work / "out"
         out.mkdir()
@@ -428,6 +433,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("names", nargs="+", choices=BENCH_ARCHIVES)
     p.add_argument("--weights", type=Path, default=None, help="trained weights (see build_archive.py)")
     p.add_argument("--workers", type=int, default=1, help="minWorkers/maxWorkers in our archives' model-config")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="another model-config change for our archives, e.g. handler.blocking_sync=true")
 
     p = sub.add_parser("wait", help="wait until a model has N READY workers")
     p.add_argument("model")
@@ -487,7 +494,7 @@ def main(argv: list[str] | None = None) -> int:
             failed = 0
             for name in args.names:
                 try:
-                    build_bench_archive(name, args.store, args.weights, args.workers, log)
+                    build_bench_archive(name, args.store, args.weights, args.workers, log, parse_overrides(args.set))
                 except (ArchiveError, OSError, ImportError, ValueError) as exc:
                     log(f"[{name}] archive FAILED: {exc}")
                     failed += 1

@@ -9,6 +9,8 @@ import io
 import json
 import random
 
+from pathlib import Path
+
 import pytest
 
 from scripts import loadgen, sweep
@@ -138,6 +140,43 @@ def test_counter_deltas_give_the_mean_batch_size():
     assert loadgen.counter_deltas(before, after, "other")["mean_batch_size"] is None
     assert "note" in loadgen.counter_deltas(before, after, "other")
     assert loadgen.counter_deltas(None, after, "resnet101")["mean_batch_size"] is None
+
+
+def test_counter_deltas_give_the_handler_stage_times_per_batch():
+    stages = ('HandlerDecodeMs{ModelName="resnet101",Level="Model",Hostname="gpu-1",} 5000.0\n'
+              'HandlerComputeMs{ModelName="resnet101",Level="Model",Hostname="gpu-1",} 7000.0\n'
+              'HandlerTotalMs{ModelName="resnet101",Level="Model",Hostname="gpu-1",} 13000.0\n')
+    before = parse_prometheus(TORCHSERVE_METRICS + stages)
+    after = parse_prometheus((TORCHSERVE_METRICS + stages).replace("918.0", "1018.0").replace("5000.0", "6200.0")
+                             .replace("7000.0", "8500.0").replace("13000.0", "15800.0"))
+    deltas = loadgen.counter_deltas(before, after, "resnet101")
+    assert deltas["handler_ms_per_batch"] == {"decode": 12.0, "compute": 15.0, "total": 28.0}
+    assert "handler_ms_per_batch" not in loadgen.counter_deltas(parse_prometheus(TORCHSERVE_METRICS),
+                                                                parse_prometheus(TORCHSERVE_METRICS), "resnet101")
+    line = loadgen._stages_text(deltas)
+    assert "decode 12.0 compute 15.0 total 28.0" in line
+
+
+def test_host_cpu_summary_from_two_snapshots():
+    before = {"t": 100.0, "total": 1000.0, "idle": 600.0,
+              "procs": {"10": ("frontend", 50.0), "11": ("worker", 20.0), "12": ("worker", 30.0)}}
+    after = {"t": 110.0, "total": 1160.0, "idle": 680.0,  # 16 cores x 10 s; 80 of 160 CPU-s idle
+             "procs": {"10": ("frontend", 80.0), "11": ("worker", 29.0), "12": ("worker", 35.0),
+                       "13": ("worker", 5.0)}}  # 13 started inside the window: no baseline, left out
+    summary = loadgen.HostCpu.summary(before, after)
+    assert summary["host_busy"] == 0.5
+    assert summary["frontend_cores"] == 3.0
+    assert summary["worker_cores"] == [0.9, 0.5]
+    assert loadgen.HostCpu.summary(None, after) is None
+    assert loadgen.HostCpu.summary(after, before) is None  # time must move forward
+    assert "host CPU 50% of" in loadgen._host_cpu_text(summary)
+
+
+@pytest.mark.skipif(not Path("/proc/stat").exists(), reason="/proc is Linux only")
+def test_host_cpu_snapshot_reads_proc():
+    snap = loadgen.HostCpu().snapshot()
+    assert snap["total"] > 0 and 0 <= snap["idle"] <= snap["total"]
+    assert isinstance(snap["procs"], dict)
 
 
 # ---------------------------------------------------------------------------------------------- HTTP

@@ -288,6 +288,18 @@ def test_build_archive_checks_its_inputs(stub_model, tmp_path):
         ba.build_archive("stub", None, tmp_path / "store")
 
 
+def test_config_overrides_set_top_level_keys_and_single_handler_options(tmp_path):
+    import yaml
+
+    config = tmp_path / "m.yaml"
+    config.write_text("minWorkers: 6\nbatchSize: 64\nhandler:\n  top_k: 5\n  crop: 224\n")
+    overrides = ba.parse_overrides(["minWorkers=2", "handler.blocking_sync=true", "handler.top_k=3"])
+    data = yaml.safe_load(ba.config_with(config, overrides, tmp_path / "out.yaml").read_text())
+    assert data == {"minWorkers": 2, "batchSize": 64, "handler": {"top_k": 3, "crop": 224, "blocking_sync": True}}
+    with pytest.raises(ba.ArchiveError, match="not a section"):
+        ba.config_with(config, {"batchSize.x": 1}, tmp_path / "bad.yaml")
+
+
 def test_flat_name_clashes_are_refused(tmp_path):
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()

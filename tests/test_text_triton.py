@@ -56,3 +56,71 @@ def test_triton_kernels_match_torch_formulas_in_interpreter():
     result = subprocess.run([sys.executable, "-c", SCRIPT], env=env, cwd=REPO, capture_output=True, text=True,
                             timeout=300)
     assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-3000:]
+
+
+GEMM_SCRIPT = r"""
+import torch
+import torch.nn.functional as F
+from handlers.text.fused_ops import TorchOps
+from handlers.text.triton_gemm import FusedGemmOps, GemmConfig, linear_gelu
+from handlers.text.reference import bert_config, random_hf_classifier, packed_from_hf, packed_batch, random_sequences
+
+torch.manual_seed(0)
+small = (GemmConfig(block_m=32, block_n=32, block_k=32, group_m=2, num_stages=1, num_warps=4),
+         GemmConfig(block_m=32, block_n=64, block_k=16, group_m=1, num_stages=1, num_warps=4, split_epilogue=False))
+# Rows not a multiple of the tile (TMA zero-fills loads and clips stores), N and K over several tiles, one row,
+# fewer programs than tiles (each program walks several tiles).
+for config in small:
+    for tokens, n, k, programs in ((1, 64, 32, 4), (37, 96, 64, 4), (100, 128, 48, 3)):
+        x = torch.randn(tokens, k).half()
+        w = (torch.randn(n, k) / k ** 0.5).half()
+        b = torch.randn(n).half()
+        out = linear_gelu(x, w, b, config, num_programs=programs)
+        assert out.shape == (tokens, n) and out.dtype == torch.float16
+        ref = F.gelu(x.float() @ w.float().T + b.float())
+        err = (out.float() - ref).abs().max().item()
+        assert err < 4e-3, (config, tokens, n, k, err)
+assert linear_gelu(torch.empty(0, 32).half(), torch.ones(64, 32).half(), torch.ones(64).half()).shape == (0, 64)
+
+# The encoder with the fused FFN GEMM against the torch formulas (fp16: the kernel's TMA path is fp16/bf16).
+hf = random_hf_classifier(bert_config(vocab_size=300, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+                                      intermediate_size=128, max_position_embeddings=32))
+ids, types = random_sequences([4, 11, 7], 300)
+batch = packed_batch(ids, types)
+with torch.inference_mode():
+    ref = packed_from_hf(hf, head="classify").encode(batch)
+    model = packed_from_hf(hf, head="classify", ops=FusedGemmOps(small[0])).half()
+    out = model.encode(batch).float()
+err = (out - ref).abs().max().item()
+assert err < 3e-2, err
+print("ok")
+"""
+
+
+def _triton_version() -> tuple[int, ...]:
+    import triton
+
+    return tuple(int(p) for p in triton.__version__.split(".")[:2] if p.isdigit())
+
+
+@pytest.mark.skipif(_triton_version() < (3, 8), reason="Triton's interpreter runs tensor-descriptor kernels from "
+                    "3.8 on (3.6 raises a TypeError inside the interpreter); the GPU check covers older versions")
+def test_fused_ffn_gemm_matches_torch_in_interpreter():
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(REPO)}
+    result = subprocess.run([sys.executable, "-c", GEMM_SCRIPT], env=env, cwd=REPO, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-3000:]
+
+
+def test_fused_ffn_gemm_is_not_picked_without_hopper():
+    import torch
+
+    from handlers.text.triton_gemm import pick_ffn_ops
+
+    linear = torch.nn.Linear(64, 128)
+    ops, reason = pick_ffn_ops(linear, 256, "auto")
+    assert ops.name == "triton" and "needs CUDA" in reason
+    ops, reason = pick_ffn_ops(linear, 256, "off")
+    assert ops.name == "triton" and "off" in reason
+    with pytest.raises(RuntimeError, match="fused_ffn_gemm: on"):
+        pick_ffn_ops(linear, 256, "on")

@@ -163,6 +163,15 @@ def build_runner(
 
     model.attention, attention_reason = select_attention(options.attention, device, dtype, model.cfg.head_dim, max_length)
     model.ops, ops_reason = select_ops(options.fusion, device, compiled=options.compile)
+    if model.ops.name == "triton":
+        from handlers.text.triton_gemm import pick_ffn_ops
+
+        with torch.inference_mode():
+            model.ops, gemm_reason = pick_ffn_ops(model.layers[0].ffn_in, min(options.max_batch_tokens, 16384),
+                                                  options.fused_ffn_gemm)
+        ops_reason = f"{ops_reason}; FFN: {gemm_reason}"
+    elif options.fused_ffn_gemm == "on":
+        raise ValueError(f"fused_ffn_gemm: on needs the Triton fusion, but fusion is {ops_reason}")
     forward = torch.compile(model, dynamic=True) if options.compile else model  # the one compile call site
     graphs, graphs_reason = None, "off (config)"
     if options.cuda_graphs and on_gpu:

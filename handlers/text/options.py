@@ -26,6 +26,9 @@ class BertOptions:
     dtype: Literal["auto", "float16", "bfloat16", "float32"] = "auto"  # auto: fp16 on GPU, fp32 on CPU
     attention: Literal["auto", "varlen", "sdpa"] = "auto"
     fusion: Literal["auto", "triton", "torch"] = "auto"
+    # With Triton fusion on sm90+: the FFN's first GEMM with bias+GELU in its epilogue (triton_gemm.py).
+    # auto: timed against cuBLAS + the bias+GELU kernel at load, the faster one is kept.
+    fused_ffn_gemm: Literal["auto", "on", "off"] = "auto"
     compile: bool = False  # torch.compile the encoder (Inductor fuses the epilogues)
     cuda_graphs: bool = True  # GPU only: one graph per packed-token bucket, for chunks up to graph_max_tokens
     graph_max_tokens: int = 8192  # larger chunks are GPU-bound: they run eagerly, with no bucket padding

@@ -15,7 +15,7 @@ from PIL import Image
 
 from scripts.sample_images import make_image
 from scripts.tsctl import TOKEN_FAILED, TorchServeError
-from tests.integration.serving import handler_counters, running_torchserve, send_concurrently, wait_for_requests_metric
+from tests.integration.serving import handler_counters, metric_total, running_torchserve, send_concurrently, wait_for_requests_metric
 
 pytestmark = pytest.mark.integration
 MODEL = "resnet101"
@@ -82,6 +82,12 @@ def test_concurrent_requests_are_batched(resnet):
     assert 1 <= batches - batches0 < BATCH
     # Each request's batch_size is the batch it ran in: the batches' sizes add up to the requests sent.
     assert sum(1 / s for s in sizes) == pytest.approx(batches - batches0)
+    # The handler's host time per stage reaches the metrics endpoint: decode + compute within the total.
+    text = resnet.metrics()
+    decode, compute, total = (metric_total(text, name, ModelName=MODEL)
+                              for name in ("HandlerDecodeMs", "HandlerComputeMs", "HandlerTotalMs"))
+    assert decode > 0 and compute > 0, (decode, compute)
+    assert decode + compute <= total, (decode, compute, total)
 
 
 def test_bad_image_fails_alone_in_its_batch(resnet):

@@ -65,3 +65,16 @@ def wait_for_requests_metric(ts: TorchServe, model: str, at_least: float, timeou
         if requests >= at_least or time.monotonic() > deadline:
             return batches, requests
         time.sleep(0.2)
+
+
+def ready_workers(ts: TorchServe, model: str, count: int, timeout: float = 30) -> list[dict]:
+    """The model's workers once ``count`` of them are READY (or whatever describe shows at the deadline).
+
+    TorchServe answers a synchronous register/scale in the same millisecond as the last worker's state change to
+    loaded, so an immediate describe can still show that worker as UNLOADING."""
+    deadline = time.monotonic() + timeout
+    while True:
+        workers = ts.describe(model)["workers"]
+        if (len(workers) == count and all(w["status"] == "READY" for w in workers)) or time.monotonic() > deadline:
+            return workers
+        time.sleep(0.2)

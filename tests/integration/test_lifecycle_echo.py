@@ -15,7 +15,7 @@ import requests
 from scripts import tsctl
 from scripts.tsctl import TorchServe, TorchServeError, derive_config
 from tests.integration.serving import (
-    handler_counters, running_torchserve, send_concurrently, wait_for_requests_metric,
+    handler_counters, ready_workers, running_torchserve, send_concurrently, wait_for_requests_metric,
 )
 
 pytestmark = pytest.mark.integration
@@ -86,7 +86,7 @@ def test_allowed_urls_refuse_downloads(echo, echo_store):
 
 def test_scale_up_and_down(echo):
     echo.scale("echo", 3, 3)
-    workers = echo.describe("echo")["workers"]
+    workers = ready_workers(echo, "echo", 3)
     assert len(workers) == 3 and {w["status"] for w in workers} == {"READY"}
     answers = send_concurrently(echo, "echo", [(b"z", "application/octet-stream")] * 6)
     assert all(a.status_code == 200 for a in answers)

@@ -15,7 +15,9 @@ from PIL import Image
 
 from scripts.sample_images import make_image
 from scripts.tsctl import TOKEN_FAILED, TorchServeError
-from tests.integration.serving import handler_counters, metric_total, running_torchserve, send_concurrently, wait_for_requests_metric
+from tests.integration.serving import (
+    handler_counters, metric_total, ready_workers, running_torchserve, send_concurrently, wait_for_requests_metric,
+)
 
 pytestmark = pytest.mark.integration
 MODEL = "resnet101"
@@ -47,7 +49,7 @@ def test_archive_layout(resnet_store):
 def test_workers_ready_with_batching(resnet):
     description = resnet.describe(MODEL)
     assert description["batchSize"] == BATCH and description["maxBatchDelay"] == DELAY_MS
-    workers = description["workers"]
+    workers = ready_workers(resnet, MODEL, description["minWorkers"])
     assert len(workers) == description["minWorkers"] >= 1  # the archive's model-config sets the count
     assert {w["status"] for w in workers} == {"READY"}
 
@@ -123,13 +125,7 @@ def test_scale_down_and_up(resnet):
     assert resnet.predict(MODEL, *jpeg(40)).status_code == 200
     target = max(2, start)
     resnet.scale(MODEL, target, target)  # synchronous: returns once the new workers loaded the model
-    # ... but describe can still show the new worker as UNLOADING for a moment (seen once on 2 busy cores).
-    deadline = time.monotonic() + 30
-    while True:
-        workers = resnet.describe(MODEL)["workers"]
-        if {w["status"] for w in workers} == {"READY"} or time.monotonic() > deadline:
-            break
-        time.sleep(0.5)
+    workers = ready_workers(resnet, MODEL, target)
     assert len(workers) == target and {w["status"] for w in workers} == {"READY"}, workers
     answers = send_concurrently(resnet, MODEL, [jpeg(50 + i) for i in range(4)])
     assert all(a.status_code == 200 for a in answers)

@@ -6,8 +6,8 @@
 #
 #   OUT=gpu_out bash scripts/gpu_scaling_check.sh          # TorchServe + Java importable (benchmarks/BENCHMARKS.md)
 # Knobs: GPUS (default: all, from nvidia-smi), WORKERS_PER_GPU (6), BS (64), DELAY (20), WARMUP (5), DURATION (15),
-# PROCS (load processes, 8: the clients used ~13% of a core each at 19.6k req/s), MPS (1: workers under an NVIDIA
-# MPS daemon, tsctl.py start --mps), CONC_PER_SLOT (in flight per batch slot of the workers, 1.5), SET (model-config
+# PROCS (load processes, 8: the clients used ~13% of a core each at 19.6k req/s), MPS (0 (default) | 1 | auto:
+# workers under an NVIDIA MPS daemon, tsctl.py start --mps), CONC_PER_SLOT (in flight per batch slot of the workers, 1.5), SET (model-config
 # changes for the archive, e.g. "handler.blocking_sync=true"; several separated by spaces).
 # A CPU dry run: GPUS=2 WORKERS_PER_GPU=1 BS=4 DURATION=5 PROCS=2.
 set -uo pipefail
@@ -23,8 +23,7 @@ DELAY=${DELAY:-20}
 WARMUP=${WARMUP:-5}
 DURATION=${DURATION:-15}
 CONC_PER_SLOT=${CONC_PER_SLOT:-1.5}
-MPS_FLAG=()
-[ "${MPS:-0}" = 1 ] && MPS_FLAG=(--mps)
+case "${MPS:-0}" in 1|on) MPS_FLAG=(--mps on) ;; auto) MPS_FLAG=(--mps auto) ;; *) MPS_FLAG=(--mps off) ;; esac
 SET_FLAGS=()
 for change in ${SET:-}; do SET_FLAGS+=(--set "$change"); done
 export PYTHONUNBUFFERED=1 PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
@@ -40,7 +39,7 @@ main() {
     local run="$WORK/run-$g" workers=$((WORKERS_PER_GPU * g)) procs=${PROCS:-8}
     local conc
     conc=$(awk -v w="$workers" -v b="$BS" -v c="$CONC_PER_SLOT" 'BEGIN { printf "%d", w * b * c }')
-    echo "=== $g GPU(s): $workers workers, batch $BS, delay $DELAY ms, $conc in flight${MPS_FLAG[*]:+, under MPS}${SET:+, $SET}"
+    echo "=== $g GPU(s): $workers workers, batch $BS, delay $DELAY ms, $conc in flight${MPS:+, MPS ${MPS}}${SET:+, $SET}"
     CUDA_VISIBLE_DEVICES=$(seq -s, 0 $((g - 1))) timeout 150 "$PY" scripts/tsctl.py --run-dir "$run" start \
       --model-store "$WORK/store" --ports free --timeout 120 "${MPS_FLAG[@]}" || return 1
     timeout 600 "$PY" scripts/sweep.py --run-dir "$run" up resnet101 "$workers" --batch-size "$BS" \

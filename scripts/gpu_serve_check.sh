@@ -13,7 +13,7 @@
 # Knobs (environment): BUDGET_S, WARMUP, DURATION, PROCS (load processes), WORKERS, BS, DELAY, CONC
 # (ResNet closed loop), BERT (0: skip), BERT_CONC, SWEEP (0: skip), SWEEP_WORKERS, SWEEP_BS, SWEEP_DELAYS,
 # P99_MS, WORK (scratch dir), MPS (auto: workers under an NVIDIA MPS daemon when nvidia-cuda-mps-control and a GPU
-# are there, 1: always, 0: never; benchmarks/results/served_mps_h100.json). A CPU smoke run: BUDGET_S=420 WARMUP=2 DURATION=5 PROCS=2 WORKERS=1 BS=4 CONC=8 BERT=0 ...
+# are there, as tsctl.py start decides and logs; 1: always, 0: never; benchmarks/results/served_mps_h100.json). A CPU smoke run: BUDGET_S=420 WARMUP=2 DURATION=5 PROCS=2 WORKERS=1 BS=4 CONC=8 BERT=0 ...
 set -uo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
@@ -30,12 +30,7 @@ BS=${BS:-64}
 DELAY=${DELAY:-20}
 CONC=${CONC:-$((WORKERS * BS))}
 MPS=${MPS:-auto}
-if [ "$MPS" = auto ]; then
-  MPS=0
-  command -v nvidia-cuda-mps-control >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && MPS=1
-fi
-MPS_FLAG=()
-[ "$MPS" = 1 ] && MPS_FLAG=(--mps)
+case "$MPS" in 1|on) MPS_FLAG=(--mps on) ;; 0|off) MPS_FLAG=(--mps off) ;; *) MPS_FLAG=(--mps auto) ;; esac
 BERT=${BERT:-1}
 BERT_CONC=${BERT_CONC:-128}
 SWEEP=${SWEEP:-1}

@@ -6,7 +6,8 @@
 #   OUT=gpu_out bash scripts/gpu_soak.sh                    # soak_resnet101.json + soak.log under $OUT
 #   OUT=/tmp/soak setsid nohup bash scripts/gpu_soak.sh &   # detached; $OUT/DONE appears at the end
 #
-# Knobs (environment): MINUTES (10), WORKERS (4), BS (64), DELAY (20), PROCS (load processes, 8).
+# Knobs (environment): MINUTES (10), WORKERS (4), BS (64), DELAY (20), PROCS (load processes, 8),
+# MPS (auto | on | off: workers under an NVIDIA MPS daemon, tsctl.py start --mps; the recorded soak ran without).
 # Passing (scripts/soak.py): no failed request, no worker restart, host RSS and GPU memory growth < 5%.
 set -uo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -28,7 +29,7 @@ main() {
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null
   timeout 300 "$PY" scripts/sweep.py archives "$WORK/store" resnet101 || return 1
   timeout 150 "$PY" scripts/tsctl.py --run-dir "$RUN" start --model-store "$WORK/store" --ports free --timeout 120 \
-    || return 1
+    --mps "${MPS:-auto}" || return 1
   local status=0
   timeout 600 "$PY" scripts/sweep.py --run-dir "$RUN" up resnet101 "$WORKERS" --batch-size "$BS" \
       --max-batch-delay "$DELAY" --timeout 290 \

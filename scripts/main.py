@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
                           config_overrides=overrides)
 
         step("starting TorchServe")
-        ts.start(args.model_store, ports=args.ports)
+        ts.start(args.model_store, ports=args.ports, mps="auto")  # MPS where a GPU and the daemon are there
 
         failed = 0
         with tempfile.TemporaryDirectory(prefix="tsa-images-") as tmp:

@@ -10,7 +10,7 @@ An instance lives in a run directory:
 
 Several instances can run at once: each has its own run directory, TMPDIR and ports.
 
-    python scripts/tsctl.py start [--model-store DIR] [--ports free | --ports 8080,8081,8082] [--mps]
+    python scripts/tsctl.py start [--model-store DIR] [--ports free | --ports 8080,8081,8082] [--mps [auto|on|off]]
     python scripts/tsctl.py register resnet101.mar --batch-size 8 --max-batch-delay 50   # a name in the store
     python scripts/tsctl.py scale resnet101 --min 2 --max 2
     python scripts/tsctl.py describe resnet101
@@ -41,7 +41,7 @@ import requests.adapters
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from scripts.mps import MpsDaemon, MpsError  # noqa: E402
+from scripts.mps import MpsDaemon, MpsError, mps_decision  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 BASE_CONFIG = REPO / "config.properties"
@@ -236,14 +236,15 @@ class TorchServe:
         config_overrides: dict[str, str] | None = None,
         timeout: float = 120.0,
         log: Log = print,
-        mps: bool = False,
+        mps: bool | str = False,
     ) -> None:
         """Start TorchServe in ``run_dir`` and wait until /ping answers "Healthy".
 
         ``ports``: (inference, management, metrics[, grpc inference, grpc management]); None takes all five from
         the base config. Given three, the two gRPC ports (TorchServe always binds them) are chosen free.
         ``mps``: start an NVIDIA MPS control daemon for this instance first and make every worker its client
-        (``scripts/mps.py``); ``stop`` quits it.
+        (``scripts/mps.py``); ``stop`` quits it. ``"auto"``: only where the control program and a GPU are there
+        (``mps_decision``), and a daemon that fails to start is logged and TorchServe starts without it.
         """
         if (self.run_dir / "instance.json").exists() and self.pid_alive():
             raise TorchServeError(f"TorchServe already runs from {self.run_dir} (pid {self.info.pid}); stop it first")
@@ -287,11 +288,21 @@ class TorchServe:
         if java_home:
             env["JAVA_HOME"] = java_home
             env["PATH"] = f"{java_home}/bin{os.pathsep}{env.get('PATH', '')}"
+        auto = mps == "auto"
+        if auto:
+            mps, why = mps_decision("auto", env)
+            log(why)
+        elif isinstance(mps, str):
+            mps = mps_decision(mps, env)[0]
         if mps:
             try:
                 env = MpsDaemon(self.run_dir).start(env, log=log)
             except (MpsError, OSError, subprocess.TimeoutExpired) as err:
-                raise TorchServeError(f"--mps: {err}") from None
+                if not auto:
+                    raise TorchServeError(f"--mps: {err}") from None
+                log(f"MPS off: the daemon did not start ({err})")
+                env = {k: v for k, v in env.items() if k not in MpsDaemon(self.run_dir).env()}
+                mps = False
         # Workers run under this same interpreter (torchserve passes --python sys.executable), so they
         # import the installed `handlers` package from this environment.
         cmd = [sys.executable, "-c", "from ts.model_server import start; start()",
@@ -557,8 +568,9 @@ def main(argv: list[str] | None = None) -> int:
                         "(default: from config.properties)")
     p.add_argument("--config", type=Path, default=BASE_CONFIG, help="base config.properties")
     p.add_argument("--timeout", type=float, default=120)
-    p.add_argument("--mps", action="store_true",
-                   help="run the workers under an NVIDIA MPS daemon private to this instance (GPU hosts)")
+    p.add_argument("--mps", nargs="?", const="on", default="auto", choices=("auto", "on", "off"),
+                   help="run the workers under an NVIDIA MPS daemon private to this instance: auto (default: when "
+                        "nvidia-cuda-mps-control and a GPU are there), on (--mps alone; fail if it cannot), off")
 
     p = sub.add_parser("stop", help="stop TorchServe")
     p.add_argument("--timeout", type=float, default=60)

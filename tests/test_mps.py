@@ -65,3 +65,37 @@ def test_a_daemon_that_refuses_to_start_says_why(tmp_path, monkeypatch):
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
     with pytest.raises(MpsError, match="no CUDA-capable device"):
         MpsDaemon(tmp_path / "run").start(env, log=lambda m: None)
+
+
+FAKE_SMI = """#!/bin/bash
+[ "$1" = "-L" ] && {{ printf '{lines}'; exit {rc}; }}
+exit 1
+"""
+
+
+def fake_nvidia_smi(bin_dir: Path, lines: str = "GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-0)\\n", rc: int = 0) -> None:
+    program = bin_dir / "nvidia-smi"
+    program.write_text(FAKE_SMI.format(lines=lines, rc=rc))
+    program.chmod(program.stat().st_mode | stat.S_IXUSR)
+
+
+def test_auto_mode_uses_mps_only_with_the_control_program_and_a_visible_gpu(tmp_path):
+    from scripts.mps import mps_decision
+
+    bare = {"PATH": str(tmp_path)}
+    assert mps_decision("auto", bare) == (False, "MPS off: nvidia-cuda-mps-control is not on PATH")
+    bin_dir, _ = stand_in(tmp_path)
+    env = {"PATH": f"{bin_dir}{os.pathsep}/usr/bin:/bin"}
+    if not (Path("/usr/bin/nvidia-smi").exists() or Path("/bin/nvidia-smi").exists()):
+        use, why = mps_decision("auto", env)
+        assert not use and "no nvidia-smi" in why
+    fake_nvidia_smi(bin_dir)
+    use, why = mps_decision("auto", env)
+    assert use and "1 GPU(s)" in why
+    assert mps_decision("auto", {**env, "CUDA_VISIBLE_DEVICES": ""})[0] is False
+    fake_nvidia_smi(bin_dir, lines="No devices were found\\n", rc=6)
+    assert mps_decision("auto", env) == (False, "MPS off: nvidia-smi lists no GPU")
+    assert mps_decision("on", bare) == (True, "MPS on (asked for)")
+    assert mps_decision("off", env) == (False, "MPS off (asked for)")
+    with pytest.raises(ValueError, match="on, off or auto"):
+        mps_decision("yes", env)

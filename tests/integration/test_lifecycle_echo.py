@@ -186,6 +186,37 @@ def test_mps_instance_makes_every_worker_a_client_of_its_own_daemon(echo_store, 
     assert record.read_text().splitlines()[-1] == "stdin=quit"
 
 
+def test_mps_auto_starts_torchserve_without_mps_where_no_gpu_is_listed(echo_store, tmp_path, monkeypatch):
+    """The main job's default: the control program is there (stand-in) but nvidia-smi lists no GPU, so TorchServe
+    starts as usual and no daemon is left behind; a daemon that refuses to start in auto mode is logged, not fatal."""
+    from scripts.mps import MpsDaemon
+    from tests.test_mps import fake_nvidia_smi, stand_in
+
+    bin_dir, record = stand_in(tmp_path, fail=True)
+    fake_nvidia_smi(bin_dir, lines="No devices were found\n", rc=6)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{__import__('os').environ['PATH']}")
+    messages = []
+    ts = TorchServe(tmp_path / "run")
+    ts.start(echo_store, ports=tsctl.free_ports(3), mps="auto", log=messages.append)
+    try:
+        assert not ts.info.mps and "MPS off: nvidia-smi lists no GPU" in messages
+        assert not record.exists()  # the control program was never called
+    finally:
+        ts.stop(log=lambda m: None)
+    fake_nvidia_smi(bin_dir)  # now a GPU is listed, but the daemon fails to start: logged, TorchServe still starts
+    messages.clear()
+    ts.start(echo_store, ports=tsctl.free_ports(3), mps="auto", log=messages.append)
+    try:
+        assert not ts.info.mps and any(m.startswith("MPS off: the daemon did not start") for m in messages)
+        ts.register("echo.mar", "echo", batch_size=1, max_batch_delay=10, initial_workers=1)
+        assert ts.predict("echo", b"auto", "application/octet-stream").status_code == 200
+        environs = [open(f"/proc/{pid}/environ", "rb").read().split(b"\0") for pid in ts._worker_pids(ts.info.pid)]
+        pipe = MpsDaemon(tmp_path / "run").pipe_dir
+        assert environs and not any(f"CUDA_MPS_PIPE_DIRECTORY={pipe}".encode() in env for env in environs)
+    finally:
+        ts.stop(log=lambda m: None)
+
+
 @pytest.mark.skipif(__import__("shutil").which("nvidia-cuda-mps-control", path="/usr/bin:/bin") is not None,
                     reason="this host has the NVIDIA driver's MPS control program")
 def test_mps_without_the_driver_tools_fails_before_starting_torchserve(echo_store, tmp_path, monkeypatch):

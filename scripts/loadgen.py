@@ -56,6 +56,7 @@ from typing import Any, Callable, Iterable, Sequence
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from handlers.common import STAGE_METRICS  # noqa: E402
 from scripts.tsctl import DEFAULT_RUN_DIR, TorchServe, TorchServeError  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -541,7 +542,7 @@ def counter_deltas(before: list[Sample] | None, after: list[Sample] | None, mode
         "mean_server_latency_ms": round(infer_us / served / 1000, 3) if served and infer_us is not None else None,
     }
     stages = {}
-    for stage, name in (("decode", "HandlerDecodeMs"), ("compute", "HandlerComputeMs"), ("total", "HandlerTotalMs")):
+    for stage, name in STAGE_METRICS.items():
         ms = delta(name, ModelName=model)
         if ms is not None and batches:
             stages[stage] = round(ms / batches, 3)

@@ -300,8 +300,7 @@ class TorchServe:
             except (MpsError, OSError, subprocess.TimeoutExpired) as err:
                 if not auto:
                     raise TorchServeError(f"--mps: {err}") from None
-                log(f"MPS off: the daemon did not start ({err})")
-                env = {k: v for k, v in env.items() if k not in MpsDaemon(self.run_dir).env()}
+                log(f"MPS off: the daemon did not start ({err})")  # env is unchanged: start raised first
                 mps = False
         # Workers run under this same interpreter (torchserve passes --python sys.executable), so they
         # import the installed `handlers` package from this environment.

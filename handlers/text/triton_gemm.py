@@ -18,7 +18,7 @@ import triton
 import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
 
-from handlers.text.triton_ops import _gelu
+from handlers.text.triton_ops import TritonOps, _gelu
 
 
 @dataclass(frozen=True)
@@ -146,17 +146,13 @@ def time_ms(fn, iters: int = 10) -> float:
     return sorted(times)[len(times) // 2]
 
 
-class FusedGemmOps:
+class FusedGemmOps(TritonOps):
     """``TritonOps`` with the FFN's first GEMM and its bias+GELU as one kernel (this module's ``linear_gelu``)."""
 
     name = "triton+fused-gemm"
 
     def __init__(self, config: GemmConfig = GemmConfig()):
-        from handlers.text.triton_ops import TritonOps
-
         self.config = config
-        self.bias_gelu = TritonOps.bias_gelu
-        self.bias_residual_layernorm = TritonOps.bias_residual_layernorm
 
     def linear_gelu(self, x: torch.Tensor, linear: torch.nn.Linear) -> torch.Tensor:
         """x: (..., K) contiguous -> (..., N) GELU(linear(x))."""
@@ -175,8 +171,6 @@ def pick_ffn_ops(
     fused 0.541-0.596 ms by tile; at 18432 rows they tie; at 16384, the size timed by the handler, cuBLAS + the
     kernel won twice (0.315 vs 0.351 ms; 0.362 vs 0.391), so the choice is measured, not assumed.
     """
-    from handlers.text.triton_ops import TritonOps
-
     unfused = TritonOps()
     if preference == "off":
         return unfused, "cuBLAS GEMM + Triton bias+GELU (fused_ffn_gemm: off)"

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One entry point for everything a GPU machine must check: correctness and speed of the fast paths.
-# Usage: scripts/gpu_check.sh [resnet|preprocess|bert|bert-profile|oom]...   (no argument: resnet, preprocess, bert)
+# Usage: scripts/gpu_check.sh [resnet|preprocess|bert|bert-profile|bert-floor|oom]...   (no argument: resnet, preprocess, bert)
 # Results (JSON + logs) go under $OUT (default ./gpu_out); a short table is printed last.
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -20,6 +20,7 @@ for section in "${sections[@]}"; do
     preprocess) python3 benchmarks/bench_preprocess.py --out "$OUT/preprocess.json" 2>&1 | tee "$OUT/preprocess.log" || status=1 ;;
     bert)   python3 benchmarks/bench_bert.py --out "$OUT/bert.json" 2>&1 | tee "$OUT/bert.log" || status=1 ;;
     bert-profile) python3 benchmarks/bench_bert.py --profile --out "$OUT/bert_profile.json" 2>&1 | tee "$OUT/bert_profile.log" || status=1 ;;
+    bert-floor) python3 benchmarks/bert_floor.py --out "$OUT/bert_floor.json" 2>&1 | tee "$OUT/bert_floor.log" || status=1 ;;
     oom)    python3 benchmarks/check_oom_split.py --out "$OUT/oom_split.json" 2>&1 | tee "$OUT/oom.log" || status=1 ;;
     *) echo "unknown section $section"; status=2 ;;
   esac

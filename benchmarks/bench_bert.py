@@ -59,6 +59,7 @@ from handlers.text.reference import (  # noqa: E402
     padded_batch,
     random_hf_classifier,
     random_sequences,
+    scenario_lengths,
 )
 
 SEQ_SLOTS, MAX_TOKENS, MAX_SEQLEN = 256, 32768, 512  # the handler's defaults (archiver_configs/bert_large.yaml)
@@ -69,15 +70,6 @@ MIXED_TARGET_SPEEDUP = 2.5
 
 def log(msg: str) -> None:
     print(f"[bench_bert {time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-def scenario_lengths(name: str, seed: int = 0) -> list[int]:
-    rng = random.Random(seed)
-    return {
-        "fixed128x256": [128] * 256,
-        "fixed384x64": [384] * 64,
-        "mixed16-128x256": [rng.randint(16, 128) for _ in range(256)],
-    }[name]
 
 
 class Timer:

@@ -27,11 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
-import shutil
-import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Callable
@@ -50,7 +46,9 @@ from handlers.text.reference import (  # noqa: E402
     padded_batch,
     random_hf_classifier,
     random_sequences,
+    scenario_lengths,
 )
+from scripts.smi import SmiStream  # noqa: E402
 
 TINY = dict(vocab_size=3000, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128)
 SCENARIOS = ("fixed128x256", "mixed16-128x256", "fixed384x64")
@@ -61,15 +59,6 @@ SMI_FIELDS = "clocks.sm,clocks.max.sm,power.draw,power.limit,clocks_throttle_rea
 
 def log(msg: str) -> None:
     print(f"[bert_floor] {msg}", flush=True)
-
-
-def scenario_lengths(name: str, seed: int = 0) -> list[int]:
-    rng = random.Random(seed)
-    return {
-        "fixed128x256": [128] * 256,
-        "fixed384x64": [384] * 64,
-        "mixed16-128x256": [rng.randint(16, 128) for _ in range(256)],
-    }[name]
 
 
 # ------------------------------------------------------------------------------------------ card state
@@ -103,37 +92,17 @@ def summarize_samples(samples: list[dict]) -> dict | None:
             "samples": len(steady)}
 
 
-class CardSampler:
-    """SM clock, power and throttle reasons every ``interval_ms`` while the block runs (None without nvidia-smi)."""
+class CardSampler(SmiStream):
+    """SM clock, power and throttle reasons every ``interval_ms`` while the block runs (``summary`` None without
+    nvidia-smi)."""
 
     def __init__(self, gpu_index: int = 0, interval_ms: int = 100):
-        self.args = ["nvidia-smi", f"--id={gpu_index}", f"--query-gpu={SMI_FIELDS}", "--format=csv,noheader,nounits",
-                     "-lms", str(interval_ms)]
-        self.samples: list[dict] = []
+        super().__init__(SMI_FIELDS, lambda fields: parse_smi_line(", ".join(fields)), interval_ms,
+                         extra_args=[f"--id={gpu_index}"])
         self.summary: dict | None = None
-        self._proc: subprocess.Popen | None = None
-        self._thread: threading.Thread | None = None
-
-    def __enter__(self) -> "CardSampler":
-        if shutil.which("nvidia-smi") is None:
-            return self
-        self._proc = subprocess.Popen(self.args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-        self._thread = threading.Thread(target=self._read, daemon=True)
-        self._thread.start()
-        return self
-
-    def _read(self) -> None:
-        assert self._proc is not None and self._proc.stdout is not None
-        for line in self._proc.stdout:
-            sample = parse_smi_line(line)
-            if sample is not None:
-                self.samples.append(sample)
 
     def __exit__(self, *exc: object) -> None:
-        if self._proc is not None:
-            self._proc.terminate()
-            self._proc.wait(timeout=5)
-            self._thread.join(timeout=5)
+        super().__exit__(*exc)
         self.summary = summarize_samples(self.samples)
 
 

@@ -1,15 +1,20 @@
-"""TorchServe handler: BERT sequence classification or sentence embeddings on a fused, padding-free encoder.
+"""TorchServe handler: BERT sequence classification, sentence embeddings or extractive question answering on a
+fused, padding-free encoder.
 
 Requests (one text per request, or a list):
     POST text/plain                 <text>
     POST application/json           {"text": "<text>"}
     POST application/json           {"texts": ["<text>", ...]}      (at most handler.max_items_per_request)
+    task qa:                        {"question": "<q>", "context": "<c>"}  or  {"pairs": [{...}, ...]}
 Responses (application/json):
     task classify:  {"label": "positive", "probabilities": {"negative": 0.1, "positive": 0.9},
                      "truncated": false, "batch_size": 12}
     task embed:     {"embedding": [...floats...], "truncated": false, "batch_size": 12}
-    for "texts":    {"results": [<one object as above without batch_size>, ...], "batch_size": 12}
-``truncated``: the text had more than max_length tokens and was cut. ``batch_size``: requests in the batch run.
+    task qa:        {"answer": "<span of the context>", "score": 0.93, "start": 41, "end": 52,
+                     "truncated": false, "batch_size": 12}   (start/end: character offsets into the context)
+    for lists:      {"results": [<one object as above without batch_size>, ...], "batch_size": 12}
+``truncated``: the text (qa: the context) had more than max_length tokens and was cut. ``batch_size``: requests
+in the batch run.
 A bad request (empty text, invalid UTF-8, wrong JSON fields/types, too many items, missing body) gets a 4xx
 with {"error": ..., "status": ...}; the other requests of its batch are answered normally.
 
@@ -26,7 +31,7 @@ from handlers.common import RequestError, claim_device, finish_batch, record_bat
 from handlers.config import options_from_context
 from handlers.text.bert import build_runner
 from handlers.text.options import BertOptions
-from handlers.text.requests import parse_text_request, request_content_type
+from handlers.text.requests import QARequest, parse_qa_request, parse_text_request, request_content_type
 
 logger = logging.getLogger(__name__)
 
@@ -43,19 +48,26 @@ class BertHandler:
         self.initialized = True
 
     def preprocess(self, data, context=None):
-        """Requests -> a ``TextRequest`` or a ``RequestError`` per request."""
-        requests = []
+        """Requests -> a ``TextRequest`` (``QARequest`` for task qa) or a ``RequestError`` per request."""
+        requests, limits = [], (self.options.max_items_per_request, self.options.max_text_chars)
         for idx, request in enumerate(data):
             try:
-                requests.append(parse_text_request(request, self.options.max_items_per_request,
-                                                   self.options.max_text_chars, request_content_type(context, idx)))
+                if self.options.task == "qa":
+                    requests.append(parse_qa_request(request, *limits))
+                else:
+                    requests.append(parse_text_request(request, *limits, request_content_type(context, idx)))
             except RequestError as err:
                 requests.append(err)
         return requests
 
     def inference(self, requests):
-        """All texts of the batch through the encoder in one go -> per-text (output row, truncated)."""
-        texts = [t for r in requests if not isinstance(r, RequestError) for t in r.texts]
+        """All texts (pairs) of the batch through the encoder in one go -> per text (output row, truncated), per
+        pair an answer dict or the reason it could not run."""
+        good = [r for r in requests if not isinstance(r, RequestError)]
+        if self.options.task == "qa":
+            questions = [q for r in good for q in r.questions]
+            return self.runner.answer(questions, [c for r in good for c in r.contexts]) if questions else []
+        texts = [t for r in good for t in r.texts]
         if not texts:
             return []
         outputs, truncated = self.runner.run(texts)
@@ -68,8 +80,17 @@ class BertHandler:
             if isinstance(request, RequestError):
                 answers.append(request)
                 continue
-            items = [self._item(*results[cursor + i]) for i in range(len(request.texts))]
-            cursor += len(request.texts)
+            count = len(request.questions if isinstance(request, QARequest) else request.texts)
+            mine, cursor = results[cursor : cursor + count], cursor + count
+            if isinstance(request, QARequest):
+                failed = [(i, why) for i, why in enumerate(mine) if isinstance(why, str)]
+                if failed:
+                    where = f"pairs[{failed[0][0]}]: " if request.as_list else ""
+                    answers.append(RequestError(413, f"{where}{failed[0][1]}"))
+                    continue
+                items = mine
+            else:
+                items = [self._item(*row) for row in mine]
             answer = {"results": items} if request.as_list else items[0]
             answers.append({**answer, "batch_size": batch_size})
         return answers

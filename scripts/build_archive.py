@@ -34,7 +34,7 @@ ARCHIVE_VERSION = "1.0"
 class ModelSpec:
     handler: str  # entry file, relative to the repo
     config: str  # archiver --config-file (model-config.yaml), relative to the repo
-    module: str  # provides prepare_archive_files(staging_dir, source, log) -> handlers.common.ArchiveFiles
+    module: str  # provides prepare_archive_files(staging_dir, source, log, handler_options=) -> handlers.common.ArchiveFiles
 
 
 MODELS = {
@@ -92,6 +92,16 @@ def run_archiver(model: str, handler: Path, config: Path, serialized: Path | Non
     return output_dir / f"{model}.mar"
 
 
+def handler_section(config: Path) -> dict[str, Any]:
+    """The ``handler:`` section of a model-config YAML ({} when it has none)."""
+    import yaml
+
+    section = (yaml.safe_load(config.read_text()) or {}).get("handler") or {}
+    if not isinstance(section, dict):
+        raise ArchiveError(f"{config}: 'handler' must be a mapping")
+    return section
+
+
 def config_with(config: Path, overrides: dict[str, Any], target: Path) -> Path:
     """``config`` (model-config YAML) with ``overrides`` applied, written to ``target``. A dotted key
     (``handler.blocking_sync``) sets one entry of a section and keeps the rest of it."""
@@ -147,12 +157,13 @@ def build_archive(model: str, weights: Path | None = None, output_dir: Path = RE
     with tempfile.TemporaryDirectory(prefix=f"{model}-archive-") as work:
         staging = Path(work) / "staging"
         staging.mkdir()
-        log(f"[{model}] preparing archive files in {staging} ...")
-        files = module.prepare_archive_files(staging, Path(weights) if weights is not None else None, log)
-        extra = [Path(p) for p in files.extra_files]
         if config_overrides:
             log(f"[{name}] model-config overrides: {config_overrides}")
             config = config_with(config, config_overrides, Path(work) / config.name)
+        log(f"[{model}] preparing archive files in {staging} ...")
+        files = module.prepare_archive_files(staging, Path(weights) if weights is not None else None, log,
+                                             handler_options=handler_section(config))
+        extra = [Path(p) for p in files.extra_files]
         check_flat_names(handler, config, files.serialized_file, extra)
         log(f"[{model}] running torch-model-archiver ({len(extra)} extra file(s)) ...")
         out = Path(work) / "out"

@@ -47,7 +47,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -57,6 +56,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from handlers.common import STAGE_METRICS  # noqa: E402
+from scripts.smi import SmiStream  # noqa: E402
 from scripts.tsctl import DEFAULT_RUN_DIR, TorchServe, TorchServeError  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -557,47 +557,16 @@ def counter_deltas(before: list[Sample] | None, after: list[Sample] | None, mode
 # ---------------------------------------------------------------------------------------------- GPU sampler
 
 
-class GpuSampler:
+class GpuSampler(SmiStream):
     """``nvidia-smi --query-gpu=index,utilization.gpu,memory.used -lms N`` in the background; null without it."""
 
     def __init__(self, interval_ms: int = 200):
-        self.interval_ms = interval_ms
-        self.samples: list[tuple[float, int, float, float]] = []  # (monotonic, gpu index, util %, memory MiB)
-        self.available = shutil.which("nvidia-smi") is not None
-        self._proc: subprocess.Popen | None = None
-        self._thread: threading.Thread | None = None
+        # samples: (monotonic, gpu index, util %, memory MiB)
+        super().__init__("index,utilization.gpu,memory.used", self._sample, interval_ms)
 
-    def __enter__(self) -> "GpuSampler":
-        if self.available:
-            try:
-                self._proc = subprocess.Popen(
-                    ["nvidia-smi", "--query-gpu=index,utilization.gpu,memory.used", "--format=csv,noheader,nounits",
-                     "-lms", str(self.interval_ms)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-            except OSError:
-                self.available = False
-                return self
-            self._thread = threading.Thread(target=self._read, daemon=True)
-            self._thread.start()
-        return self
-
-    def _read(self) -> None:
-        assert self._proc is not None and self._proc.stdout is not None
-        for line in self._proc.stdout:
-            fields = [f.strip() for f in line.split(",")]
-            try:
-                self.samples.append((time.monotonic(), int(fields[0]), float(fields[1]), float(fields[2])))
-            except (ValueError, IndexError):
-                continue
-
-    def __exit__(self, *exc: object) -> None:
-        if self._proc is not None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+    @staticmethod
+    def _sample(fields: list[str]) -> tuple[float, int, float, float]:
+        return time.monotonic(), int(fields[0]), float(fields[1]), float(fields[2])
 
     def summary(self, start: float, end: float) -> dict[str, Any] | None:
         if not self.available:

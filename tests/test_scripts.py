@@ -235,14 +235,16 @@ def stub_model(tmp_path, monkeypatch):
     module = types.ModuleType("stub_model_module")
     calls = []
 
-    def prepare_archive_files(staging_dir, source, log):
+    def prepare_archive_files(staging_dir, source, log, handler_options=None):
         calls.append(source)
+        module.seen_options.append(handler_options)
         log("stub: preparing")
         (staging_dir / "stub.safetensors").write_bytes(b"weights")
         (staging_dir / "labels.json").write_text("[]")
         return ArchiveFiles(serialized_file=staging_dir / "stub.safetensors", extra_files=[staging_dir / "labels.json"])
 
     module.prepare_archive_files = prepare_archive_files
+    module.seen_options = []
     monkeypatch.setitem(sys.modules, "stub_model_module", module)
     monkeypatch.setitem(ba.MODELS, "stub", ba.ModelSpec("handlers/stub_handler.py", "archiver_configs/stub.yaml",
                                                         "stub_model_module"))
@@ -264,6 +266,14 @@ def test_build_archive_with_the_real_archiver(stub_model, tmp_path):
                                  "handler": "stub_handler.py", "modelVersion": "1.0", "configFile": "stub.yaml"}
     assert stub_model == [None] and "stub: preparing" in logs
     assert not list((tmp_path / "store").glob("*.partial"))
+
+
+def test_build_archive_hands_the_effective_handler_options_to_the_model(stub_model, tmp_path):
+    """The model's files may depend on its options (a random BERT checkpoint for task qa is a QA model)."""
+    ba.build_archive("stub", None, tmp_path / "store", log=lambda m: None)
+    ba.build_archive("stub", None, tmp_path / "store", force=True, log=lambda m: None,
+                     config_overrides={"handler.task": "qa"})
+    assert sys.modules["stub_model_module"].seen_options == [{}, {"task": "qa"}]
 
 
 def test_build_archive_refuses_to_overwrite_without_force(stub_model, tmp_path):

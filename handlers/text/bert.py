@@ -5,6 +5,7 @@
 attention backend and epilogue kernels once, and compiles / captures CUDA graphs if configured.
 ``BertRunner.run(texts)`` is the hot path: tokenize all texts at once, pack into chunks on the host, one
 host-to-device copy, the encoder per chunk (graph replay or eager), one device-to-host copy at the end.
+``BertRunner.answer(questions, contexts)`` is the same for question answering (pairs in, answer spans out).
 
 ``prepare_archive_files(staging_dir, source, log)`` packages a local HF checkpoint dir, or (source None) writes
 a BERT-Large-shaped ``BertForSequenceClassification`` with RANDOM weights and a made-up WordPiece vocabulary.
@@ -21,6 +22,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from handlers.common import ArchiveFiles
+from handlers.text import qa
 from handlers.text.attention import select_attention
 from handlers.text.encoder import EncoderConfig, PackedBert
 from handlers.text.fused_ops import select_ops
@@ -69,9 +71,12 @@ def load_packed_bert(
     hf_config = read_hf_config(model_dir)
     state = hf_to_packed(read_hf_state_dict(model_dir))
     num_labels = state["classifier.weight"].shape[0] if "classifier.weight" in state else 0
-    cfg = EncoderConfig.from_hf(hf_config, num_labels=num_labels, with_pooler="pooler.weight" in state)
+    cfg = EncoderConfig.from_hf(hf_config, num_labels=num_labels, with_pooler="pooler.weight" in state,
+                                with_qa="qa_outputs.weight" in state)
     if head == "classify" and not (num_labels and cfg.with_pooler):
         raise ValueError(f"task: classify needs a BertForSequenceClassification checkpoint; {model_dir} has no classifier")
+    if head == "qa" and not cfg.with_qa:
+        raise ValueError(f"task: qa needs a BertForQuestionAnswering checkpoint; {model_dir} has no qa_outputs weights")
     with torch.device("meta"):
         model = PackedBert(cfg, head=head, normalize=normalize)
     model.load_state_dict(state, strict=True, assign=True)
@@ -113,9 +118,16 @@ class BertRunner:
         tokenized = self.tokenizer(texts)
         return self.encode(tokenized), tokenized.truncated
 
+    def answer(self, questions: Sequence[str], contexts: Sequence[str]) -> list:
+        """Pairs -> per pair an answer dict (``handlers.text.qa.answers``) or the reason it could not be run."""
+        pairs = self.tokenizer.pairs(questions, contexts)
+        logits = self.encode(pairs) if pairs.ids else torch.empty(0, 2)
+        return qa.answers(pairs, contexts, logits, self.options.max_answer_tokens)
+
     @torch.inference_mode()
     def encode(self, tokenized: Tokenized) -> torch.Tensor:
-        """Tokenized texts -> (N, out) float32 CPU tensor. One H2D copy, one D2H copy; no other host sync."""
+        """Tokenized texts -> (N, out) float32 CPU tensor, or (tokens, 2) for the qa head. One H2D copy, one D2H
+        copy; no other host sync."""
         chunks = plan_chunks(
             tokenized.lengths,
             self.options.max_batch_sequences,
@@ -128,7 +140,7 @@ class BertRunner:
         on_gpu = self.device.type == "cuda"
         host = pack_chunks(tokenized.ids, tokenized.type_ids, chunks, self.tokenizer.pad_token_id, pin_memory=on_gpu)
         packed = host.to(self.device, non_blocking=True)
-        outputs = []
+        outputs, per_token = [], self.model.head == "qa"
         for chunk in chunks:
             segment = packed[chunk.offset : chunk.offset + chunk.size]
             if chunk.graphed:
@@ -136,7 +148,7 @@ class BertRunner:
             else:
                 batch = view_segment(segment, chunk.num_tokens, chunk.seq_slots, chunk.max_seqlen, chunk.uniform)
                 out = self.forward(batch)
-            outputs.append(out[: chunk.stop - chunk.start])
+            outputs.append(out[: chunk.real_tokens if per_token else chunk.stop - chunk.start])
         return torch.cat(outputs).cpu()  # the batch's one sync
 
 
@@ -147,7 +159,7 @@ def build_runner(
     model_dir, device = Path(model_dir), torch.device(device)
     on_gpu = device.type == "cuda"
     dtype = DTYPES.get(options.dtype) or (torch.float16 if on_gpu else torch.float32)
-    head = "classify" if options.task == "classify" else f"embed_{options.pooling}"
+    head = options.task if options.task in ("classify", "qa") else f"embed_{options.pooling}"
     if options.backend == "tensorrt":
         from handlers.text.tensorrt_backend import build_tensorrt_runner
 
@@ -195,15 +207,20 @@ def build_runner(
     with torch.inference_mode():
         if graphs is not None and options.capture_at_start:
             graphs.capture_all(graph_buckets(options.graph_max_tokens))
-        runner.run(["warm up"])  # Triton JIT / compile / first graph before the first request
+        if head == "qa":  # Triton JIT / compile / first graph before the first request
+            runner.answer(["warm up?"], ["warm up."])
+        else:
+            runner.run(["warm up"])
     return runner
 
 
 # ----------------------------------------------------------------------------------------------- archive
-def make_random_checkpoint(out_dir: Path, seed: int = 0, config_overrides: dict | None = None) -> Path:
-    """A BERT-Large-shaped ``BertForSequenceClassification`` with random (seeded) weights, saved in fp16, plus a
-    ``BertTokenizerFast`` over a made-up WordPiece vocabulary; HF layout in ``out_dir``."""
-    from transformers import BertConfig, BertForSequenceClassification
+def make_random_checkpoint(out_dir: Path, seed: int = 0, config_overrides: dict | None = None,
+                           task: str = "classify") -> Path:
+    """A BERT-Large-shaped ``BertForSequenceClassification`` (``task`` qa: ``BertForQuestionAnswering``) with
+    random (seeded) weights, saved in fp16, plus a ``BertTokenizerFast`` over a made-up WordPiece vocabulary; HF
+    layout in ``out_dir``."""
+    from transformers import BertConfig, BertForQuestionAnswering, BertForSequenceClassification
 
     from handlers.text.vocab import build_vocab, save_wordpiece_tokenizer
 
@@ -223,9 +240,10 @@ def make_random_checkpoint(out_dir: Path, seed: int = 0, config_overrides: dict 
     )
     settings.update(config_overrides or {})
     config = BertConfig(**settings)
-    config.architectures = ["BertForSequenceClassification"]
+    architecture = BertForQuestionAnswering if task == "qa" else BertForSequenceClassification
+    config.architectures = [architecture.__name__]
     torch.manual_seed(seed)
-    model = BertForSequenceClassification(config).eval().half()
+    model = architecture(config).eval().half()
     model.save_pretrained(str(out_dir))
     save_wordpiece_tokenizer(out_dir, vocab, model_max_length=config.max_position_embeddings)
     (out_dir / "RANDOM_WEIGHTS.txt").write_text(
@@ -241,21 +259,25 @@ def prepare_archive_files(
     *,
     config_overrides: dict | None = None,
     seed: int = 0,
+    handler_options: dict | None = None,
 ) -> ArchiveFiles:
     """Files for ``torch-model-archiver``: the weights as ``--serialized-file``, config + tokenizer as extra files.
 
     ``source``: a local HF checkpoint dir (config.json, model.safetensors or shards, tokenizer.json/vocab.txt).
     None: write a random-weight BERT-Large-shaped checkpoint under ``staging_dir`` (``config_overrides`` change
-    its shape, for tests). All files land flat in the archive root, where ``build_runner`` reads them.
+    its shape, for tests; a question-answering one when ``handler_options`` (the model-config's ``handler:``
+    section) says ``task: qa``). All files land flat in the archive root, where ``build_runner`` reads them.
     """
     staging_dir = Path(staging_dir)
     staging_dir.mkdir(parents=True, exist_ok=True)
     if source is None:
+        task = (handler_options or {}).get("task", "classify")
+        kind = "BertForQuestionAnswering" if task == "qa" else "BertForSequenceClassification"
         log("=" * 100)
-        log("WARNING: no BERT checkpoint given: writing a BERT-Large-shaped BertForSequenceClassification with RANDOM")
-        log(f"WARNING: weights (seed {seed}). Its labels and probabilities are MEANINGLESS; use it for load/speed tests only.")
+        log(f"WARNING: no BERT checkpoint given: writing a BERT-Large-shaped {kind} with RANDOM")
+        log(f"WARNING: weights (seed {seed}). Its outputs are MEANINGLESS; use it for load/speed tests only.")
         log("=" * 100)
-        source = make_random_checkpoint(staging_dir / "random_bert", seed, config_overrides)
+        source = make_random_checkpoint(staging_dir / "random_bert", seed, config_overrides, task=task)
     source = Path(source)
     read_hf_config(source)  # fails early on a wrong or missing config.json
     if (source / "model.safetensors").exists():

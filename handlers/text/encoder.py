@@ -3,6 +3,7 @@
 Shapes: T packed tokens of the chunk (``PackedBatch.num_tokens``), S sequence slots, H hidden size.
 
     PackedBatch --embeddings--> (T, H) --layers--> (T, H) --head--> (S, labels) probabilities | (S, H) embeddings
+                                                                    | (T, 2) answer start/end logits
 
 Per layer: one fused QKV GEMM (with bias), attention on packed tokens (attention.py), then three bias-free GEMMs
 whose epilogues run as ``ops.bias_residual_layernorm`` / ``ops.bias_gelu`` (fused_ops.py). The attention backend
@@ -23,7 +24,7 @@ from handlers.text.attention import PaddedSDPAttention
 from handlers.text.fused_ops import TorchOps
 from handlers.text.packing import PackedBatch
 
-Head = Literal["classify", "embed_cls", "embed_mean", "hidden"]
+Head = Literal["classify", "embed_cls", "embed_mean", "qa", "hidden"]
 
 
 @dataclass(frozen=True)
@@ -38,13 +39,14 @@ class EncoderConfig:
     layer_norm_eps: float
     num_labels: int = 0  # 0: no classifier
     with_pooler: bool = True
+    with_qa: bool = False  # a question-answering head (start/end logit per token)
 
     @property
     def head_dim(self) -> int:
         return self.hidden_size // self.num_heads
 
     @classmethod
-    def from_hf(cls, config: Any, num_labels: int = 0, with_pooler: bool = True) -> "EncoderConfig":
+    def from_hf(cls, config: Any, num_labels: int = 0, with_pooler: bool = True, with_qa: bool = False) -> "EncoderConfig":
         """From a transformers ``BertConfig``; refuses variants this encoder does not implement."""
         act = getattr(config, "hidden_act", "gelu")
         if act != "gelu":
@@ -65,6 +67,7 @@ class EncoderConfig:
             layer_norm_eps=config.layer_norm_eps,
             num_labels=num_labels,
             with_pooler=with_pooler,
+            with_qa=with_qa,
         )
 
 
@@ -108,6 +111,7 @@ class PackedBert(nn.Module):
 
     * ``classify``: (S, num_labels) float32 probabilities
     * ``embed_cls`` / ``embed_mean``: (S, H) float32 sentence embeddings ([CLS] hidden state or mean of tokens)
+    * ``qa``: (T, 2) float32 start and end logits of every packed token (``handlers.text.qa`` picks the spans)
     * ``hidden``: (T, H) last hidden states, packed (``unpack_hidden`` restores padding)
     """
 
@@ -118,6 +122,7 @@ class PackedBert(nn.Module):
         self.layers = nn.ModuleList(PackedBertLayer(cfg) for _ in range(cfg.num_layers))
         self.pooler = nn.Linear(cfg.hidden_size, cfg.hidden_size) if cfg.with_pooler else None
         self.classifier = nn.Linear(cfg.hidden_size, cfg.num_labels) if cfg.num_labels else None
+        self.qa_outputs = nn.Linear(cfg.hidden_size, 2) if cfg.with_qa else None
         self.attention = attention or PaddedSDPAttention()
         self.ops = ops or TorchOps()
         self.head: Head = head
@@ -138,6 +143,8 @@ class PackedBert(nn.Module):
         """(T, H) packed hidden states -> what ``head`` asks for (see the class docstring)."""
         if head == "hidden":
             return hidden
+        if head == "qa":
+            return self.qa_outputs(hidden).float()
         if head == "embed_mean":
             pooled = mean_pool(hidden, batch)
         else:

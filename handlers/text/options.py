@@ -10,10 +10,12 @@ from handlers.config import ConfigError
 
 @dataclass(frozen=True)
 class BertOptions:
-    # What to answer: class probabilities (needs a classifier in the checkpoint) or sentence embeddings.
-    task: Literal["classify", "embed"] = "classify"
+    # What to answer: class probabilities (needs a classifier in the checkpoint), sentence embeddings, or
+    # extractive answers to questions about a context (needs a BertForQuestionAnswering checkpoint).
+    task: Literal["classify", "embed", "qa"] = "classify"
     pooling: Literal["cls", "mean"] = "cls"  # embed: [CLS] hidden state or mean over tokens
     normalize: bool = False  # embed: L2-normalize
+    max_answer_tokens: int = 30  # qa: longest answer span, in tokens
     # Tokens per text after truncation ([CLS]/[SEP] included); 0 = the model's max_position_embeddings.
     max_length: int = 0
     # Request limits (a request over them gets a 4xx of its own).
@@ -39,8 +41,10 @@ class BertOptions:
     def validate(self) -> None:
         if self.max_length < 0:
             raise ConfigError("handler.max_length must be >= 0")
-        for name in ("max_items_per_request", "max_text_chars", "max_batch_sequences", "max_batch_tokens", "graph_max_tokens"):
+        for name in ("max_answer_tokens", "max_items_per_request", "max_text_chars", "max_batch_sequences", "max_batch_tokens", "graph_max_tokens"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"handler.{name} must be >= 1")
-        if self.task == "classify" and (self.pooling != "cls" or self.normalize):
+        if self.task != "embed" and (self.pooling != "cls" or self.normalize):
             raise ConfigError("handler.pooling/normalize apply to task: embed only")
+        if self.task == "qa" and self.backend != "torch":
+            raise ConfigError("handler.task: qa runs on backend: torch only (the TensorRT engine has no span head)")

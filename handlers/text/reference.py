@@ -5,6 +5,7 @@ Not used when serving. Everything here builds models from configs with random (s
 
 from __future__ import annotations
 
+import random
 from typing import Sequence
 
 import torch
@@ -57,6 +58,16 @@ def packed_from_hf(hf_model, head: str = "hidden", attention=None, ops=None) -> 
         model = PackedBert(cfg, attention=attention, ops=ops, head=head)
     model.load_state_dict({k: v.clone() for k, v in state.items()}, strict=True, assign=True)
     return model.to(device=param.device, dtype=param.dtype).eval().requires_grad_(False)
+
+
+def scenario_lengths(name: str, seed: int = 0) -> list[int]:
+    """Sequence lengths of the benchmark scenarios (issue #4's targets are stated on these three)."""
+    rng = random.Random(seed)
+    return {
+        "fixed128x256": [128] * 256,
+        "fixed384x64": [384] * 64,
+        "mixed16-128x256": [rng.randint(16, 128) for _ in range(256)],
+    }[name]
 
 
 def random_sequences(lengths: Sequence[int], vocab_size: int, seed: int = 0, cls_id: int = 101, sep_id: int = 102):

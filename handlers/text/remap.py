@@ -1,6 +1,7 @@
 """HuggingFace BERT state dict <-> ``PackedBert`` state dict. The only place HF names appear.
 
-Handles ``BertModel`` (no prefix) and ``BertFor*`` (``bert.`` prefix) checkpoints, TF-era ``LayerNorm.gamma/beta``
+Handles ``BertModel`` (no prefix) and ``BertFor*`` (``bert.`` prefix) checkpoints, their heads (``classifier.*``
+of sequence classification, ``qa_outputs.*`` of question answering, kept by name), TF-era ``LayerNorm.gamma/beta``
 names, and drops HF's non-persistent buffers and pretraining heads (``cls.*``). Anything else unknown is an
 error: a silently dropped weight is a silently wrong model. Query/key/value are joined into one QKV weight here,
 once, at load time.
@@ -33,6 +34,7 @@ _LAYER = {
     "output.LayerNorm": "ffn_norm",
 }
 _QKV = ("query", "key", "value")
+_HEADS = ("classifier.", "qa_outputs.")  # task heads outside the encoder: same names on both sides
 
 
 def _normalize_hf_name(name: str) -> str:
@@ -41,7 +43,7 @@ def _normalize_hf_name(name: str) -> str:
 
 
 def hf_to_packed(hf_state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """HF ``BertModel``/``BertForSequenceClassification`` state dict -> ``PackedBert`` state dict."""
+    """HF ``BertModel``/``BertForSequenceClassification``/``BertForQuestionAnswering`` state dict -> ``PackedBert``'s."""
     state = {_normalize_hf_name(k): v for k, v in hf_state.items()}
     out: dict[str, torch.Tensor] = {}
     qkv_parts: dict[tuple[int, str], dict[str, torch.Tensor]] = {}
@@ -52,7 +54,7 @@ def hf_to_packed(hf_state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor
         if name in _EMBEDDINGS:
             out[_EMBEDDINGS[name]] = tensor
             continue
-        if name.startswith("classifier."):
+        if name.startswith(_HEADS):
             out[name] = tensor
             continue
         m = re.fullmatch(r"encoder\.layer\.(\d+)\.(.+)\.(weight|bias)", name)
@@ -77,16 +79,16 @@ def hf_to_packed(hf_state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor
 
 
 def packed_to_hf(state: Mapping[str, torch.Tensor], prefix: str | None = None) -> dict[str, torch.Tensor]:
-    """The inverse of ``hf_to_packed``. ``prefix`` defaults to ``bert.`` when there is a classifier."""
+    """The inverse of ``hf_to_packed``. ``prefix`` defaults to ``bert.`` when there is a task head."""
     if prefix is None:
-        prefix = "bert." if any(k.startswith("classifier.") for k in state) else ""
+        prefix = "bert." if any(k.startswith(_HEADS) for k in state) else ""
     inverse_embeddings = {v: k for k, v in _EMBEDDINGS.items()}
     inverse_layer = {v: k for k, v in _LAYER.items()}
     out: dict[str, torch.Tensor] = {}
     for name, tensor in state.items():
         if name in inverse_embeddings:
             out[prefix + inverse_embeddings[name]] = tensor
-        elif name.startswith("classifier."):
+        elif name.startswith(_HEADS):
             out[name] = tensor
         else:
             m = re.fullmatch(r"layers\.(\d+)\.(\w+)\.(weight|bias)", name)

@@ -1,14 +1,19 @@
-"""Turning one TorchServe request into texts, or a ``RequestError`` (4xx) for that request alone.
+"""Turning one TorchServe request into texts (or question/context pairs), or a ``RequestError`` (4xx) for that
+request alone.
 
-Accepted bodies:
+Accepted bodies, task classify / embed:
     text/plain                    the body is one text (TorchServe hands it over as str)
     application/json {"text": s}  one text
     application/json {"texts": [s, ...]}  1..max_items texts (answered as a list)
     any other content type        raw bytes, decoded as UTF-8 into one text
+Task qa (JSON only; a body sent as another content type is parsed as JSON too):
+    {"question": q, "context": c}                    one pair
+    {"pairs": [{"question": q, "context": c}, ...]}  1..max_items pairs (answered as a list)
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -21,6 +26,13 @@ class TextRequest:
     as_list: bool  # came as {"texts": [...]}: answer with {"results": [...]}
 
 
+@dataclass(frozen=True)
+class QARequest:
+    questions: list[str]
+    contexts: list[str]
+    as_list: bool  # came as {"pairs": [...]}: answer with {"results": [...]}
+
+
 def _check_text(text: Any, where: str, max_chars: int) -> str:
     if not isinstance(text, str):
         raise RequestError(400, f"{where} must be a string, got {type(text).__name__}")
@@ -29,6 +41,18 @@ def _check_text(text: Any, where: str, max_chars: int) -> str:
     if len(text) > max_chars:
         raise RequestError(413, f"{where} has {len(text)} characters, more than the limit of {max_chars}")
     return text
+
+
+def _check_items(payload: dict, field: str, kind: str, max_items: int) -> list:
+    """``payload[field]``: a non-empty list of at most ``max_items`` items (their own checks come after)."""
+    items = payload[field]
+    if not isinstance(items, list):
+        raise RequestError(400, f'"{field}" must be a list of {kind}, got {type(items).__name__}')
+    if not items:
+        raise RequestError(400, f'"{field}" is empty')
+    if len(items) > max_items:
+        raise RequestError(413, f'"{field}" has {len(items)} items, more than the limit of {max_items}')
+    return items
 
 
 def request_content_type(context: Any, idx: int) -> str | None:
@@ -68,12 +92,36 @@ def parse_text_request(
     if keys == {"text"}:
         return TextRequest([_check_text(payload["text"], "text", max_chars)], as_list=False)
     if keys == {"texts"}:
-        texts = payload["texts"]
-        if not isinstance(texts, list):
-            raise RequestError(400, f'"texts" must be a list of strings, got {type(texts).__name__}')
-        if not texts:
-            raise RequestError(400, '"texts" is empty')
-        if len(texts) > max_items:
-            raise RequestError(413, f'"texts" has {len(texts)} items, more than the limit of {max_items}')
+        texts = _check_items(payload, "texts", "strings", max_items)
         return TextRequest([_check_text(t, f"texts[{i}]", max_chars) for i, t in enumerate(texts)], as_list=True)
     raise RequestError(400, f'expected exactly one of the fields "text" or "texts", got {sorted(keys)}')
+
+
+def _check_pair(pair: Any, where: str, max_chars: int) -> tuple[str, str]:
+    if not isinstance(pair, dict) or set(pair) != {"question", "context"}:
+        got = sorted(pair) if isinstance(pair, dict) else f"JSON {type(pair).__name__}"
+        label, hint = (where.rstrip("."), "") if where else ("the body", ' (or the one field "pairs")')
+        raise RequestError(400, f'{label} must be an object with exactly the fields "question" and "context"{hint}, '
+                                f'got {got}')
+    return (_check_text(pair["question"], f"{where}question", max_chars),
+            _check_text(pair["context"], f"{where}context", max_chars))
+
+
+def parse_qa_request(request: Mapping[str, Any], max_items: int, max_chars: int) -> QARequest:
+    """One request dict from TorchServe -> ``QARequest``; raises ``RequestError`` with a 4xx status."""
+    payload = request_payload(request)
+    if isinstance(payload, (bytes, bytearray, str)):  # not parsed by TorchServe: malformed JSON or another type
+        try:
+            text = payload if isinstance(payload, str) else bytes(payload).decode("utf-8")
+            payload = json.loads(text)
+        except UnicodeDecodeError as exc:
+            raise RequestError(400, f"body is not valid UTF-8 (byte {exc.start})") from None
+        except ValueError:
+            raise RequestError(400, 'body is not valid JSON; send {"question": ..., "context": ...} or '
+                                    '{"pairs": [...]}') from None
+    if isinstance(payload, dict) and set(payload) == {"pairs"}:
+        pairs = _check_items(payload, "pairs", "objects", max_items)
+        checked = [_check_pair(p, f"pairs[{i}].", max_chars) for i, p in enumerate(pairs)]
+        return QARequest([q for q, _ in checked], [c for _, c in checked], as_list=True)
+    question, context = _check_pair(payload, "", max_chars)
+    return QARequest([question], [context], as_list=False)

@@ -1,4 +1,8 @@
-"""Tokenizing a whole batch at once with the checkpoint's fast (Rust) tokenizer, truncating to the model's length."""
+"""Tokenizing a whole batch at once with the checkpoint's fast (Rust) tokenizer, truncating to the model's length.
+
+Texts (classify, embed) are truncated at the end; question/context pairs (qa) keep the whole question and
+truncate the context only, and keep each token's character span and which of the two it came from.
+"""
 
 from __future__ import annotations
 
@@ -18,6 +22,16 @@ class Tokenized:
         return [len(i) for i in self.ids]
 
 
+@dataclass
+class TokenizedPairs(Tokenized):
+    """[CLS] question [SEP] context [SEP] for the pairs that fit; ``rows[i]`` is the input pair of row i."""
+
+    offsets: list[list[tuple[int, int]]] = None  # per row and token: character span in its own text
+    in_context: list[list[bool]] = None  # per row and token: a context token (not question, not special)
+    rows: list[int] = None
+    errors: dict[int, str] = None  # input pair -> why it does not fit (its question alone is too long)
+
+
 class BatchTokenizer:
     """The checkpoint's tokenizer, set once to truncate at ``max_length`` with no padding."""
 
@@ -27,6 +41,9 @@ class BatchTokenizer:
         self._tokenizer = Tokenizer.from_str(backend.to_str())  # our own copy: the settings below stay ours
         self._tokenizer.no_padding()
         self._tokenizer.enable_truncation(max_length=max_length)
+        self._pairs = Tokenizer.from_str(backend.to_str())
+        self._pairs.no_padding()
+        self._pairs.enable_truncation(max_length=max_length, strategy="only_second")
         self.max_length = max_length
         self.pad_token_id = pad_token_id
 
@@ -46,4 +63,29 @@ class BatchTokenizer:
             ids=[e.ids for e in encodings],
             type_ids=[e.type_ids for e in encodings],
             truncated=[len(e.overflowing) > 0 for e in encodings],
+        )
+
+    def pairs(self, questions: Sequence[str], contexts: Sequence[str]) -> TokenizedPairs:
+        """All (question, context) pairs in one call; the context is truncated, never the question. A pair whose
+        question alone leaves no room for its context is reported in ``errors`` (the batch goes on without it)."""
+        pairs = list(zip(questions, contexts))
+        try:
+            encodings = self._pairs.encode_batch(pairs)
+            rows, errors = list(range(len(pairs))), {}
+        except Exception:  # noqa: BLE001 - the Rust tokenizer raises a bare Exception; find the pair(s) one by one
+            encodings, rows, errors = [], [], {}
+            for i, pair in enumerate(pairs):
+                try:
+                    encodings.append(self._pairs.encode(*pair))
+                    rows.append(i)
+                except Exception:  # noqa: BLE001
+                    errors[i] = f"the question leaves no room for the context within max_length={self.max_length} tokens"
+        return TokenizedPairs(
+            ids=[e.ids for e in encodings],
+            type_ids=[e.type_ids for e in encodings],
+            truncated=[len(e.overflowing) > 0 for e in encodings],
+            offsets=[e.offsets for e in encodings],
+            in_context=[[s == 1 for s in e.sequence_ids] for e in encodings],
+            rows=rows,
+            errors=errors,
         )

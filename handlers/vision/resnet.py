@@ -98,7 +98,9 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def prepare_archive_files(staging_dir: Path, source: Path | None, log: Callable[[str], None] = print) -> ArchiveFiles:
+def prepare_archive_files(
+    staging_dir: Path, source: Path | None, log: Callable[[str], None] = print, handler_options: dict | None = None
+) -> ArchiveFiles:
     """Write the archive's weights (``resnet101.safetensors``) into ``staging_dir``.
 
     ``source``: a torchvision ResNet-101 state_dict (.pth/.pt/.safetensors); None makes random weights.

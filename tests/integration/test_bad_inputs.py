@@ -2,8 +2,9 @@
 the problem, the good requests batched with it still get 200, and no worker restarts.
 
 One TorchServe instance (token auth on, the shipped config.properties) serves the ResNet-101 archive (random
-weights) and a BERT archive built by ``scripts/build_archive.py bert_large --weights DIR`` from a tiny random
-``BertForSequenceClassification`` (same handler and code path as BERT-Large, 64-token max length, fast on a CPU).
+weights), a BERT archive built by ``scripts/build_archive.py bert_large --weights DIR`` from a tiny random
+``BertForSequenceClassification`` (same handler and code path as BERT-Large, 64-token max length, fast on a CPU),
+and one from a tiny random ``BertForQuestionAnswering`` with ``--set handler.task=qa``.
 Each bad request is sent together with three good ones (batch_size 8, maxBatchDelay 500 ms), and the good
 answers' ``batch_size`` proves the four ran as one batch. Odd but decodable images are served (decision recorded
 in docs/reliability.md). Bodies over ``max_request_size`` never reach a worker: the frontend answers 413 itself.
@@ -28,7 +29,7 @@ from scripts.tsctl import BASE_CONFIG, TorchServe, read_properties
 from tests.integration.serving import log, running_torchserve, send_concurrently
 
 pytestmark = pytest.mark.integration
-RESNET, BERT = "resnet101", "bert"
+RESNET, BERT, QA = "resnet101", "bert", "bert_qa"
 BATCH = 8
 DELAY_MS = 500  # generous: four requests sent together must land in one batch even on a loaded 2-core machine
 MAX_REQUEST_SIZE = int(read_properties(BASE_CONFIG)["max_request_size"])
@@ -54,6 +55,19 @@ def tiny_bert_archive(tmp_path_factory) -> Path:
     return archive
 
 
+def tiny_bert_qa_archive(tmp_path_factory) -> Path:
+    """``bert_qa.mar``: a tiny random BERT question-answering checkpoint, task qa, one worker."""
+    from handlers.text.bert import make_random_checkpoint
+
+    root = tmp_path_factory.getbasetemp() / "tiny-bert-qa"
+    archive = root / "archives" / "bert_qa.mar"
+    if not archive.exists():
+        checkpoint = make_random_checkpoint(root / "checkpoint", seed=4, config_overrides=TINY_BERT, task="qa")
+        build_archive("bert_large", checkpoint, root / "archives", force=True, log=log, name="bert_qa",
+                      config_overrides={"minWorkers": 1, "maxWorkers": 1, "handler.task": "qa"})
+    return archive
+
+
 def model_store(path: Path, *archives: Path) -> Path:
     """A model store holding ``archives`` (hard links where possible: the ResNet archive is 170 MB)."""
     path.mkdir(parents=True, exist_ok=True)
@@ -74,11 +88,12 @@ def worker_pids(ts: TorchServe, model: str) -> dict[str, int]:
 @pytest.fixture(scope="module")
 def served(tmp_path_factory, resnet_store):
     store = model_store(tmp_path_factory.mktemp("bad-inputs-store"), resnet_store / f"{RESNET}.mar",
-                        tiny_bert_archive(tmp_path_factory))
+                        tiny_bert_archive(tmp_path_factory), tiny_bert_qa_archive(tmp_path_factory))
     with running_torchserve(tmp_path_factory.mktemp("bad-inputs-run"), store) as ts:
         ts.register(f"{RESNET}.mar", RESNET, batch_size=BATCH, max_batch_delay=DELAY_MS, response_timeout=300)
         ts.register("bert_large.mar", BERT, batch_size=BATCH, max_batch_delay=DELAY_MS)
-        pids = {model: worker_pids(ts, model) for model in (RESNET, BERT)}
+        ts.register("bert_qa.mar", QA, batch_size=BATCH, max_batch_delay=DELAY_MS)
+        pids = {model: worker_pids(ts, model) for model in (RESNET, BERT, QA)}
         assert all(pids.values()), pids
         yield ts, pids
 
@@ -315,7 +330,56 @@ def test_bert_accepted_content_types(ts):
     assert max(probabilities) - min(probabilities) < 1e-5, probabilities
 
 
+# ---------------------------------------------------------------------------------------------- BERT, task qa
+
+CONTEXT = ("The cat sat on the mat in the kitchen while the dog slept on the sofa. Later the cat went out into "
+           "the garden and climbed the old apple tree.")
+
+
+def good_pairs(tag: str) -> list[tuple[bytes, str]]:
+    return [as_json({"question": f"where did the cat go {i} {tag}?", "context": CONTEXT}) for i in range(3)]
+
+
+QA_BAD = [
+    pytest.param((b"\xff\xfe caf\xe9", "application/octet-stream"), 400, "not valid UTF-8", id="invalid-utf8"),
+    pytest.param((b"", "application/json"), 400, "empty request body", id="zero-bytes"),
+    pytest.param((b"just a text", "text/plain"), 400, "not valid JSON", id="plain-text"),
+    pytest.param((b'{"question": "unterminated', "application/json"), 400, "not valid JSON", id="malformed-json"),
+    pytest.param(as_json({"question": "where?"}), 400, 'exactly the fields "question" and "context"', id="no-context"),
+    pytest.param(as_json({"question": "", "context": CONTEXT}), 400, "question is empty", id="empty-question"),
+    pytest.param(as_json({"question": "q?", "context": 7}), 400, "context must be a string", id="context-not-a-string"),
+    pytest.param(as_json({"pairs": []}), 400, '"pairs" is empty', id="no-pairs"),
+    pytest.param(as_json({"pairs": [{"question": "q?"}]}), 400, "pairs[0] must be an object", id="pair-without-context"),
+    pytest.param(as_json({"pairs": [{"question": "q?", "context": "c."}] * 65}), 413, "65 items", id="too-many-pairs"),
+    pytest.param(as_json({"question": "why " * 80, "context": CONTEXT}), 413, "leaves no room for the context",
+                 id="question-over-max-length"),
+]
+
+
+@pytest.mark.parametrize("bad, status, words", QA_BAD)
+def test_qa_bad_request_gets_its_own_4xx(ts, bad, status, words):
+    assert_bad_alone_in_batch(ts, QA, good_pairs(words[:12]), bad, status, words)
+
+
+def test_qa_answers_are_spans_of_their_context(ts):
+    long_context = CONTEXT + " " + " ".join(f"filler{i % 40}" for i in range(300))
+    bodies = [as_json({"question": "Where did the cat sit?", "context": CONTEXT}),
+              as_json({"pairs": [{"question": "What did the dog do?", "context": CONTEXT},
+                                 {"question": "Which tree?", "context": long_context}]})]
+    answers = send_concurrently(ts, QA, bodies)
+    assert [a.status_code for a in answers] == [200, 200], [a.text[:200] for a in answers]
+    single, listed = (a.json() for a in answers)
+    contexts = [CONTEXT, CONTEXT, long_context]
+    for got, context in zip([single, *listed["results"]], contexts):
+        assert got["answer"] and got["answer"] == context[got["start"]:got["end"]], got
+        assert 0 < got["score"] <= 1
+    assert single["truncated"] is False and listed["results"][1]["truncated"] is True
+    assert single["batch_size"] == listed["batch_size"] == 2
+
+
 def test_server_healthy_after_the_matrix(ts):
     assert ts.request("inference", "GET", "/ping").json()["status"] == "Healthy"
     assert ts.predict(RESNET, jpeg(40), "image/jpeg").status_code == 200
     assert ts.predict(BERT, b"still here", "text/plain").status_code == 200
+    assert ts.predict(QA, json.dumps({"question": "still?", "context": "still here."}).encode(),
+                      "application/json").status_code == 200

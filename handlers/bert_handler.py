@@ -13,8 +13,9 @@ Responses (application/json):
     task qa:        {"answer": "<span of the context>", "score": 0.93, "start": 41, "end": 52,
                      "truncated": false, "batch_size": 12}   (start/end: character offsets into the context)
     for lists:      {"results": [<one object as above without batch_size>, ...], "batch_size": 12}
-``truncated``: the text (qa: the context) had more than max_length tokens and was cut. ``batch_size``: requests
-in the batch run.
+``truncated``: the text had more than max_length tokens and was cut (qa: a long context runs in overlapping
+windows of max_length tokens; true when it needed more than max_windows and its end was dropped).
+``batch_size``: requests in the batch run.
 A bad request (empty text, invalid UTF-8, wrong JSON fields/types, too many items, missing body) gets a 4xx
 with {"error": ..., "status": ...}; the other requests of its batch are answered normally.
 

@@ -15,7 +15,9 @@ import yaml
 from handlers.config import ConfigError
 from handlers.text.bert import build_runner, load_packed_bert, make_random_checkpoint, prepare_archive_files
 from handlers.text.options import BertOptions
+from handlers.text.qa import answers as span_answers
 from handlers.text.qa import best_spans
+from handlers.text.tokenize import TokenizedPairs, context_windows
 from handlers.text.reference import padded_batch
 from handlers.text.remap import hf_to_packed, packed_to_hf
 from tests.fake_context import FakeContext
@@ -84,10 +86,10 @@ def test_start_end_logits_and_answers_match_huggingface(checkpoint):
     from transformers import BertForQuestionAnswering
 
     hf = BertForQuestionAnswering.from_pretrained(str(checkpoint), torch_dtype=torch.float32).eval()
-    runner = build_runner(checkpoint, BertOptions(task="qa", max_length=48), "cpu", log=lambda m: None)
+    runner = build_runner(checkpoint, BertOptions(task="qa", max_length=48, doc_stride=8), "cpu", log=lambda m: None)
     contexts = [CONTEXT, CONTEXT[:60], CONTEXT]
-    pairs = runner.tokenizer.pairs(QUESTIONS, contexts)
-    assert pairs.truncated == [True, False, True] and not pairs.errors
+    pairs = runner.tokenizer.pairs(QUESTIONS, contexts, doc_stride=8)
+    assert pairs.rows.count(1) == 1 and pairs.rows.count(0) > 1 and not pairs.errors and not any(pairs.truncated)
     ours = runner.encode(pairs)  # (tokens, 2) packed
     input_ids, token_types, mask = padded_batch(pairs.ids, pairs.type_ids)
     with torch.inference_mode():
@@ -97,16 +99,19 @@ def test_start_end_logits_and_answers_match_huggingface(checkpoint):
     assert (ours - hf_logits).abs().max().item() < 1e-4
 
     answers = runner.answer(QUESTIONS, contexts)
+    best: dict[int, tuple] = {}  # pair -> (score, start char, end char) over its windows
     offset = 0
-    for row, (answer, length) in enumerate(zip(answers, pairs.lengths)):
+    for row, (index, length) in enumerate(zip(pairs.rows, pairs.lengths)):
         rows = slice(offset, offset + length)
-        in_context = torch.tensor(pairs.in_context[row])
-        s, e, p = brute_force(hf_logits[rows, 0], hf_logits[rows, 1], in_context, 30)
-        first, last = pairs.offsets[row][s][0], pairs.offsets[row][e][1]
-        assert (answer["start"], answer["end"]) == (first, last)
-        assert answer["answer"] == contexts[row][first:last] and answer["answer"]
-        assert answer["score"] == pytest.approx(p, rel=1e-3)
+        s, e, p = brute_force(hf_logits[rows, 0], hf_logits[rows, 1], torch.tensor(pairs.in_context[row]), 30)
+        if index not in best or p > best[index][0]:
+            best[index] = (p, pairs.offsets[row][s][0], pairs.offsets[row][e][1])
         offset += length
+    for index, answer in enumerate(answers):
+        p, first, last = best[index]
+        assert (answer["start"], answer["end"]) == (first, last)
+        assert answer["answer"] == contexts[index][first:last] and answer["answer"]
+        assert answer["score"] == pytest.approx(p, rel=1e-3)
 
 
 def test_a_question_too_long_for_max_length_fails_alone(checkpoint):
@@ -114,7 +119,56 @@ def test_a_question_too_long_for_max_length_fails_alone(checkpoint):
     answers = runner.answer(["short?", "a question far too long " * 5, "where?"], [CONTEXT] * 3)
     assert isinstance(answers[1], str) and "max_length=16" in answers[1]
     assert isinstance(answers[0], dict) and isinstance(answers[2], dict)
-    assert answers[0]["truncated"] is True
+    assert answers[0]["truncated"] is False  # 16-token rows: the context runs in windows, none dropped
+    capped = build_runner(checkpoint, BertOptions(task="qa", max_length=16, max_windows=2), "cpu", log=lambda m: None)
+    (answer,) = capped.answer(["short?"], [CONTEXT])
+    assert answer["truncated"] is True and answer["end"] < len(CONTEXT) // 2
+
+
+def test_context_windows_cover_the_context_with_the_stride_overlap():
+    assert context_windows(10, room=20, doc_stride=128, max_windows=16) == ([0], False)
+    starts, truncated = context_windows(100, room=20, doc_stride=8, max_windows=16)
+    assert starts == [0, 12, 24, 36, 48, 60, 72, 84] and not truncated  # step 20 - 8; last window reaches 104
+    assert context_windows(100, room=20, doc_stride=128, max_windows=16)[0][:3] == [0, 10, 20]  # overlap <= room / 2
+    assert context_windows(100, room=20, doc_stride=0, max_windows=3) == ([0, 20, 40], True)
+    assert context_windows(0, room=5, doc_stride=2, max_windows=4) == ([0], False)
+
+
+def test_pair_rows_repeat_the_question_and_overlap_the_context(checkpoint):
+    from handlers.text.tokenize import BatchTokenizer
+
+    tokenizer = BatchTokenizer.from_dir(checkpoint, max_length=24)
+    pairs = tokenizer.pairs(["where did the cat sit?"], [CONTEXT], doc_stride=4, max_windows=16)
+    whole = tokenizer.pairs(["q"], [CONTEXT], doc_stride=0, max_windows=1_000)
+    context_tokens = [t for ids, flags in zip(whole.ids, whole.in_context) for t, f in zip(ids, flags) if f]
+    seen: list[int] = []
+    for ids, types, flags, offsets in zip(pairs.ids, pairs.type_ids, pairs.in_context, pairs.offsets):
+        assert len(ids) <= 24 and len(ids) == len(types) == len(flags) == len(offsets)
+        assert ids[0] == tokenizer.cls_token_id and ids[-1] == tokenizer.sep_token_id
+        window = [t for t, f in zip(ids, flags) if f]
+        if seen:
+            assert window[:4] == seen[-4:]  # 4 tokens of overlap
+            seen += window[4:]
+        else:
+            seen = window
+        assert all(types[i] == (1 if f else types[i]) for i, f in enumerate(flags))
+        chars = [CONTEXT[a:b] for (a, b), f in zip(offsets, flags) if f]
+        assert all(chars)  # every context token maps back to characters of the context
+    assert seen == context_tokens and set(pairs.rows) == {0} and len(pairs.rows) > 2
+
+
+def test_the_best_window_answers():
+    """Two windows of one pair ("the cat" and "cat sat"): the answer is the best span of either window."""
+    context = "the cat sat"
+    pairs = TokenizedPairs(ids=[[1, 2, 3, 4]] * 2, type_ids=[[0, 1, 1, 1]] * 2, truncated=[False, False],
+                           offsets=[[(0, 0), (0, 3), (4, 7), (0, 0)], [(0, 0), (4, 7), (8, 11), (0, 0)]],
+                           in_context=[[False, True, True, False]] * 2, rows=[0, 0], errors={})
+    logits = torch.zeros(8, 2)  # flat: every span of both windows scores 0.25, the first one found wins
+    (answer,) = span_answers(pairs, [context], logits, max_answer_tokens=5)
+    assert answer == {"answer": "the", "score": 0.25, "start": 0, "end": 3, "truncated": False}
+    logits[6] = 5.0  # row 1, token 2 ("sat"): a confident start and end
+    (answer,) = span_answers(pairs, [context], logits, max_answer_tokens=5)
+    assert (answer["answer"], answer["start"], answer["end"]) == ("sat", 8, 11) and answer["score"] > 0.98
 
 
 def test_qa_needs_a_qa_checkpoint_and_the_torch_backend(tmp_path, checkpoint):
@@ -151,7 +205,7 @@ def handler(tmp_path_factory, checkpoint):
     for path in checkpoint.iterdir():
         shutil.copy(path, model_dir / path.name)
     config = yaml.safe_load((REPO / "archiver_configs/bert_large.yaml").read_text())
-    config["handler"].update(task="qa", max_length=32, max_items_per_request=3)
+    config["handler"].update(task="qa", max_length=32, max_items_per_request=3, max_windows=2)  # CONTEXT needs 3
     context = FakeContext(model_dir, model_yaml_config=config)
     service = BertHandler()
     service.initialize(context)
@@ -167,13 +221,14 @@ def test_handler_answers_good_requests_and_refuses_bad_ones_alone(handler):
         {"body": {"pairs": [{"question": "q?", "context": "c."}] * 4}},
         {"body": bytearray(b'{"question": "unterminated')},
         {"body": {"pairs": [{"question": "fine?", "context": "fine."}, {"question": "x " * 40, "context": "c"}]}},
+        {"body": {"question": "Where is the mat?", "context": "The mat is in the kitchen."}},
         {"body": bytearray(json.dumps({"question": "Where did the dog sleep?", "context": CONTEXT}).encode())},
         {"body": {"pairs": "not a list"}},
     ]
     context = FakeContext("unused")
     answers = [json.loads(a) for a in handler.handle(data, context)]
     codes = [context.statuses.get(i, (200, ""))[0] for i in range(len(data))]
-    assert codes == [200, 200, 400, 400, 413, 400, 413, 200, 400], answers
+    assert codes == [200, 200, 400, 400, 413, 400, 413, 200, 200, 400], answers
     single, listed = answers[0], answers[1]
     assert single["answer"] == CONTEXT[single["start"]:single["end"]] and 0 < single["score"] <= 1
     assert single["batch_size"] == len(data) and single["truncated"] is True
@@ -182,9 +237,10 @@ def test_handler_answers_good_requests_and_refuses_bad_ones_alone(handler):
     assert "question is empty" in answers[3]["error"]
     assert "4 items, more than the limit of 3" in answers[4]["error"]
     assert "not valid JSON" in answers[5]["error"]
-    assert answers[6]["error"].startswith("pairs[1]: the question leaves no room")
-    assert answers[7]["answer"] == CONTEXT[answers[7]["start"]:answers[7]["end"]]
-    assert '"pairs" must be a list' in answers[8]["error"]
+    assert answers[6]["error"].startswith("pairs[1]: the question has 40 tokens and leaves no room")
+    assert answers[7]["truncated"] is False and answers[7]["answer"] in "The mat is in the kitchen."
+    assert answers[8]["answer"] == CONTEXT[answers[8]["start"]:answers[8]["end"]]
+    assert '"pairs" must be a list' in answers[9]["error"]
 
 
 def test_same_pair_same_answer_whatever_the_batch(handler):

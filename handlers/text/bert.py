@@ -120,7 +120,7 @@ class BertRunner:
 
     def answer(self, questions: Sequence[str], contexts: Sequence[str]) -> list:
         """Pairs -> per pair an answer dict (``handlers.text.qa.answers``) or the reason it could not be run."""
-        pairs = self.tokenizer.pairs(questions, contexts)
+        pairs = self.tokenizer.pairs(questions, contexts, self.options.doc_stride, self.options.max_windows)
         logits = self.encode(pairs) if pairs.ids else torch.empty(0, 2)
         return qa.answers(pairs, contexts, logits, self.options.max_answer_tokens)
 

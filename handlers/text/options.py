@@ -16,6 +16,8 @@ class BertOptions:
     pooling: Literal["cls", "mean"] = "cls"  # embed: [CLS] hidden state or mean over tokens
     normalize: bool = False  # embed: L2-normalize
     max_answer_tokens: int = 30  # qa: longest answer span, in tokens
+    doc_stride: int = 128  # qa: a context longer than one row runs in windows overlapping by this many tokens
+    max_windows: int = 16  # qa: windows per pair at most; the rest of a longer context is dropped (truncated: true)
     # Tokens per text after truncation ([CLS]/[SEP] included); 0 = the model's max_position_embeddings.
     max_length: int = 0
     # Request limits (a request over them gets a 4xx of its own).
@@ -41,7 +43,9 @@ class BertOptions:
     def validate(self) -> None:
         if self.max_length < 0:
             raise ConfigError("handler.max_length must be >= 0")
-        for name in ("max_answer_tokens", "max_items_per_request", "max_text_chars", "max_batch_sequences", "max_batch_tokens", "graph_max_tokens"):
+        if self.doc_stride < 0:
+            raise ConfigError("handler.doc_stride must be >= 0")
+        for name in ("max_answer_tokens", "max_windows", "max_items_per_request", "max_text_chars", "max_batch_sequences", "max_batch_tokens", "graph_max_tokens"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"handler.{name} must be >= 1")
         if self.task != "embed" and (self.pooling != "cls" or self.normalize):

@@ -2,8 +2,10 @@
 
 As HuggingFace's question-answering pipeline scores spans: start and end logits are soft-maxed over the
 context's tokens only, a span [s, e] scores p_start(s) * p_end(e), with s <= e < s + max_answer_tokens, and the
-best span's characters are cut from the context through the tokenizer's offsets. All pairs of a batch are
-scored at once (O(tokens x max_answer_tokens)), on the packed logits that came back in the batch's one copy.
+best span's characters are cut from the context through the tokenizer's offsets. A long context runs as several
+overlapping windows (rows); the pair's answer is the best-scoring span of any of its windows. All rows of a
+batch are scored at once (O(tokens x max_answer_tokens)), on the packed logits that came back in the batch's one
+copy.
 """
 
 from __future__ import annotations
@@ -43,13 +45,17 @@ def answers(pairs: TokenizedPairs, contexts: Sequence[str], logits: torch.Tensor
     the reason (str) it could not be run. ``logits``: (T, 2) of the rows of ``pairs`` packed in order."""
     in_context = torch.tensor([flag for row in pairs.in_context for flag in row], dtype=torch.bool)
     start, end, score = best_spans(logits, pairs.lengths, in_context, max_answer_tokens)
-    out: list = [None] * (len(pairs.rows) + len(pairs.errors))
+    best: dict[int, tuple[float, int, int, int]] = {}  # pair -> (score, row, start token, end token)
+    for row, (index, s, e, p) in enumerate(zip(pairs.rows, start.tolist(), end.tolist(), score.tolist())):
+        if index not in best or p > best[index][0]:
+            best[index] = (p, row, s, e)
+    out: list = [None] * (len(best) + len(pairs.errors))
     for index, reason in pairs.errors.items():
         out[index] = reason
-    for row, (index, s, e, p) in enumerate(zip(pairs.rows, start.tolist(), end.tolist(), score.tolist())):
+    for index, (p, row, s, e) in best.items():
         if p > 0.0:
             first, last = pairs.offsets[row][s][0], pairs.offsets[row][e][1]
-        else:  # no context token survived (e.g. a context of characters the vocabulary drops)
+        else:  # no context token at all (e.g. a context of characters the vocabulary drops)
             first = last = 0
         out[index] = {"answer": contexts[index][first:last], "score": p, "start": first, "end": last,
                       "truncated": pairs.truncated[row]}

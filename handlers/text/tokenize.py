@@ -1,7 +1,8 @@
 """Tokenizing a whole batch at once with the checkpoint's fast (Rust) tokenizer, truncating to the model's length.
 
-Texts (classify, embed) are truncated at the end; question/context pairs (qa) keep the whole question and
-truncate the context only, and keep each token's character span and which of the two it came from.
+Texts (classify, embed) are truncated at the end. Question/context pairs (qa) keep the whole question in every
+row and split a long context into overlapping windows (as HF's question-answering pipeline does with its doc
+stride), keeping each token's character span and whether it is a context token.
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ class Tokenized:
 
 @dataclass
 class TokenizedPairs(Tokenized):
-    """[CLS] question [SEP] context [SEP] for the pairs that fit; ``rows[i]`` is the input pair of row i."""
+    """[CLS] question [SEP] context window [SEP] rows; a long context gives several rows (windows that overlap),
+    ``rows[i]`` is the input pair of row i. ``truncated`` (per row, the same for all rows of a pair): the context
+    needed more than ``max_windows`` windows and its end was dropped."""
 
     offsets: list[list[tuple[int, int]]] = None  # per row and token: character span in its own text
     in_context: list[list[bool]] = None  # per row and token: a context token (not question, not special)
@@ -32,20 +35,31 @@ class TokenizedPairs(Tokenized):
     errors: dict[int, str] = None  # input pair -> why it does not fit (its question alone is too long)
 
 
+def context_windows(num_tokens: int, room: int, doc_stride: int, max_windows: int) -> tuple[list[int], bool]:
+    """Start tokens of the windows of ``room`` tokens that cover ``num_tokens`` context tokens, consecutive windows
+    overlapping by ``min(doc_stride, room // 2)`` tokens (so each step advances at least half a window); at most
+    ``max_windows`` of them -> (starts, whether the context's end was dropped)."""
+    step = room - min(doc_stride, room // 2)
+    starts = [0]
+    while starts[-1] + room < num_tokens:
+        starts.append(starts[-1] + step)
+    return starts[:max_windows], len(starts) > max_windows
+
+
 class BatchTokenizer:
     """The checkpoint's tokenizer, set once to truncate at ``max_length`` with no padding."""
 
-    def __init__(self, backend, max_length: int, pad_token_id: int):
+    def __init__(self, backend, max_length: int, pad_token_id: int, cls_token_id: int = 101, sep_token_id: int = 102):
         from tokenizers import Tokenizer
 
         self._tokenizer = Tokenizer.from_str(backend.to_str())  # our own copy: the settings below stay ours
         self._tokenizer.no_padding()
         self._tokenizer.enable_truncation(max_length=max_length)
-        self._pairs = Tokenizer.from_str(backend.to_str())
-        self._pairs.no_padding()
-        self._pairs.enable_truncation(max_length=max_length, strategy="only_second")
+        self._plain = Tokenizer.from_str(backend.to_str())  # pairs: the windows are laid out here, not by the tokenizer
+        self._plain.no_padding()
+        self._plain.no_truncation()
         self.max_length = max_length
-        self.pad_token_id = pad_token_id
+        self.pad_token_id, self.cls_token_id, self.sep_token_id = pad_token_id, cls_token_id, sep_token_id
 
     @classmethod
     def from_dir(cls, model_dir: Path, max_length: int) -> "BatchTokenizer":
@@ -54,7 +68,10 @@ class BatchTokenizer:
         tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
         if not getattr(tokenizer, "is_fast", False):
             raise ValueError(f"{model_dir} has no fast tokenizer (tokenizer.json or vocab.txt for BertTokenizerFast)")
-        return cls(tokenizer.backend_tokenizer, max_length, tokenizer.pad_token_id or 0)
+        if tokenizer.cls_token_id is None or tokenizer.sep_token_id is None:
+            raise ValueError(f"{model_dir}: the tokenizer has no [CLS]/[SEP] tokens")
+        return cls(tokenizer.backend_tokenizer, max_length, tokenizer.pad_token_id or 0, tokenizer.cls_token_id,
+                   tokenizer.sep_token_id)
 
     def __call__(self, texts: Sequence[str]) -> Tokenized:
         """All texts in one call (the Rust tokenizer parallelizes); truncation is reported per text."""
@@ -65,27 +82,30 @@ class BatchTokenizer:
             truncated=[len(e.overflowing) > 0 for e in encodings],
         )
 
-    def pairs(self, questions: Sequence[str], contexts: Sequence[str]) -> TokenizedPairs:
-        """All (question, context) pairs in one call; the context is truncated, never the question. A pair whose
-        question alone leaves no room for its context is reported in ``errors`` (the batch goes on without it)."""
-        pairs = list(zip(questions, contexts))
-        try:
-            encodings = self._pairs.encode_batch(pairs)
-            rows, errors = list(range(len(pairs))), {}
-        except Exception:  # noqa: BLE001 - the Rust tokenizer raises a bare Exception; find the pair(s) one by one
-            encodings, rows, errors = [], [], {}
-            for i, pair in enumerate(pairs):
-                try:
-                    encodings.append(self._pairs.encode(*pair))
-                    rows.append(i)
-                except Exception:  # noqa: BLE001
-                    errors[i] = f"the question leaves no room for the context within max_length={self.max_length} tokens"
-        return TokenizedPairs(
-            ids=[e.ids for e in encodings],
-            type_ids=[e.type_ids for e in encodings],
-            truncated=[len(e.overflowing) > 0 for e in encodings],
-            offsets=[e.offsets for e in encodings],
-            in_context=[[s == 1 for s in e.sequence_ids] for e in encodings],
-            rows=rows,
-            errors=errors,
-        )
+    def pairs(self, questions: Sequence[str], contexts: Sequence[str], doc_stride: int = 128,
+              max_windows: int = 16) -> TokenizedPairs:
+        """Questions and contexts tokenized in two calls, then laid out as rows of at most ``max_length`` tokens: the
+        whole question in every row, the context in overlapping windows (``context_windows``). A pair whose
+        question leaves no room for a context token is reported in ``errors`` (the batch goes on without it)."""
+        questions_enc = self._plain.encode_batch(list(questions), add_special_tokens=False)
+        contexts_enc = self._plain.encode_batch(list(contexts), add_special_tokens=False)
+        out = TokenizedPairs(ids=[], type_ids=[], truncated=[], offsets=[], in_context=[], rows=[], errors={})
+        cls_, sep, none = self.cls_token_id, self.sep_token_id, (0, 0)
+        for index, (q, c) in enumerate(zip(questions_enc, contexts_enc)):
+            q_ids, c_ids = q.ids, c.ids  # each attribute read builds a new Python list: read once
+            room = self.max_length - len(q_ids) - 3
+            if room < 1:
+                out.errors[index] = (f"the question has {len(q_ids)} tokens and leaves no room for the context "
+                                     f"within max_length={self.max_length} tokens")
+                continue
+            starts, truncated = context_windows(len(c_ids), room, doc_stride, max_windows)
+            head, head_offsets, c_offsets = [cls_, *q_ids, sep], [none, *q.offsets, none], c.offsets
+            for start in starts:
+                window = c_ids[start : start + room]
+                out.ids.append(head + window + [sep])
+                out.type_ids.append([0] * len(head) + [1] * (len(window) + 1))
+                out.offsets.append(head_offsets + c_offsets[start : start + room] + [none])
+                out.in_context.append([False] * len(head) + [True] * len(window) + [False])
+                out.truncated.append(truncated)
+                out.rows.append(index)
+        return out

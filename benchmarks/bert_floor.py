@@ -66,7 +66,11 @@ def log(msg: str) -> None:
 
 def parse_smi_line(line: str) -> dict | None:
     """One ``nvidia-smi --query-gpu=SMI_FIELDS --format=csv,noheader,nounits`` line -> a sample, or None."""
-    fields = [f.strip() for f in line.split(",")]
+    return card_sample([f.strip() for f in line.split(",")])
+
+
+def card_sample(fields: list[str]) -> dict | None:
+    """The fields of one such line -> a sample, or None."""
     if len(fields) != 5:
         return None
     try:
@@ -97,8 +101,7 @@ class CardSampler(SmiStream):
     nvidia-smi)."""
 
     def __init__(self, gpu_index: int = 0, interval_ms: int = 100):
-        super().__init__(SMI_FIELDS, lambda fields: parse_smi_line(", ".join(fields)), interval_ms,
-                         extra_args=[f"--id={gpu_index}"])
+        super().__init__(SMI_FIELDS, card_sample, interval_ms, extra_args=[f"--id={gpu_index}"])
         self.summary: dict | None = None
 
     def __exit__(self, *exc: object) -> None:

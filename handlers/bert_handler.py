@@ -84,10 +84,10 @@ class BertHandler:
             count = len(request.questions if isinstance(request, QARequest) else request.texts)
             mine, cursor = results[cursor : cursor + count], cursor + count
             if isinstance(request, QARequest):
-                failed = [(i, why) for i, why in enumerate(mine) if isinstance(why, str)]
-                if failed:
-                    where = f"pairs[{failed[0][0]}]: " if request.as_list else ""
-                    answers.append(RequestError(413, f"{where}{failed[0][1]}"))
+                failed = next(((i, why) for i, why in enumerate(mine) if isinstance(why, str)), None)
+                if failed is not None:
+                    where = f"pairs[{failed[0]}]: " if request.as_list else ""
+                    answers.append(RequestError(413, f"{where}{failed[1]}"))
                     continue
                 items = mine
             else:

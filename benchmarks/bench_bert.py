@@ -14,9 +14,9 @@ Variants (random seeded BertForSequenceClassification weights, classify head, ba
     ours-eager-varlen  the same forcing varlen_attn on the fixed-length scenarios
     ours-eager-fused-ffn / ours-eager-unfused-ffn  ours-eager with the FFN choice the load-time pick did not take
                        (the fused Triton GEMM + bias + GELU, or cuBLAS + the separate bias+GELU kernel; sm90+,
-                       handlers/text/triton_gemm.py), timed beside it and gated for correctness like the others
+                       torchserve_accel/bert/triton_gemm.py), timed beside it and gated for correctness like the others
     ours-graphs        the whole batch replayed from one CUDA graph (token bucket, 256 slots, max_seqlen 512)
-    ours-e2e           BertRunner.encode with the archive's defaults: host packing, one H2D copy, graphs only
+    ours-e2e           the packed engine with the archive's defaults: host packing, one H2D copy, graphs only
                        for chunks <= 8192 tokens, one D2H copy (what the handler pays after tokenizing)
     ours-compiled      torch.compile(dynamic=True) of the encoder (Inductor fuses the epilogues) in CUDA graphs
 Scenarios: fixed length 128 x batch 256, fixed 384 x 64, uniform lengths 16..128 x 256.
@@ -35,21 +35,19 @@ import random
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from handlers.text.attention import select_attention  # noqa: E402
-from handlers.text.bert import BertRunner  # noqa: E402
-from handlers.text.fused_ops import TorchOps, select_ops  # noqa: E402
-from handlers.text.graphs import CudaGraphRunner  # noqa: E402
-from handlers.text.options import BertOptions  # noqa: E402
-from handlers.text.tokenize import Tokenized  # noqa: E402
-from handlers.text.packing import pack_chunks, plan_chunks  # noqa: E402
-from handlers.text.reference import (  # noqa: E402
+from torchserve_accel.bert.attention import select_attention  # noqa: E402
+from torchserve_accel.bert.engines import PackedEngine  # noqa: E402
+from torchserve_accel.bert.ops import TorchOps, select_ops  # noqa: E402
+from torchserve_accel.bert.options import BertOptions  # noqa: E402
+from torchserve_accel.bert.packing import pack_chunks, plan_chunks  # noqa: E402
+from torchserve_accel.bert.tokenize import Tokenized  # noqa: E402
+from benchmarks.reference import (  # noqa: E402
     bert_config,
     hf_forward,
     max_error,
@@ -177,8 +175,8 @@ def main() -> int:
     ops, why_ops = select_ops("auto", device, compiled=False)
     ours = packed_from_hf(hf16, head="classify", attention=attention, ops=ops)
     other_ops = None  # the FFN choice the load-time pick did not take, timed beside it
-    if ops.name == "triton":  # as the handler does (bert.build_runner): the fused FFN GEMM if it is faster here
-        from handlers.text.triton_gemm import FusedGemmOps, pick_ffn_ops, unavailable_reason
+    if ops.name == "triton":  # as the handler does (bert.engines): the fused FFN GEMM if it is faster here
+        from torchserve_accel.bert.triton_gemm import FusedGemmOps, pick_ffn_ops, unavailable_reason
 
         with torch.inference_mode():
             ours.ops, why_gemm = pick_ffn_ops(ours.layers[0].ffn_in, 16384)
@@ -186,7 +184,8 @@ def main() -> int:
         w = ours.layers[0].ffn_in.weight
         if unavailable_reason(device, dtype, w.shape[1], w.shape[0]) is None:
             other_ops = ops if ours.ops.name != ops.name else FusedGemmOps()
-    graphs = CudaGraphRunner(ours, device, SEQ_SLOTS, MAX_SEQLEN) if device.type == "cuda" else None
+    engine = PackedEngine("packed", ours, ours, BertOptions(max_batch_sequences=SEQ_SLOTS), device, MAX_SEQLEN, 0, {})
+    graphs = engine.replay if engine.graphs is not None else None
     report["ours"] = {"attention": why_attention, "fusion": why_ops, "cuda_graphs": graphs is not None}
     log(f"models ready in {time.time() - t0:.1f} s on {report['device']}: {report['ours']}")
     save()
@@ -241,7 +240,7 @@ def main() -> int:
     def run_graphs(runner):
         def fn(ids, types):
             segment, chunk = graph_segment(ids, types, device)
-            return runner(segment, chunk.num_tokens)
+            return runner(segment, chunk.num_tokens).clone()
 
         return fn
 
@@ -328,12 +327,10 @@ def main() -> int:
                 segment, chunk = graph_segment(ids, types, device)
                 ms = timer.ms(lambda: graphs(segment, chunk.num_tokens), iters)
                 record("ours-graphs", scenario, lengths, ms, chunk.num_tokens)
-            # What the handler runs after tokenizing: BertRunner.encode with the archive's default options
+            # What the handler runs after tokenizing: the packed engine with the archive's default options
             # (host packing, one H2D copy, eager for chunks over graph_max_tokens, one D2H copy).
-            runner = BertRunner(ours, SimpleNamespace(max_length=MAX_SEQLEN, pad_token_id=0), BertOptions(),
-                                device, ["negative", "positive"], ours, graphs)
             tokenized = Tokenized(ids, types, [False] * len(ids))
-            record("ours-e2e", scenario, lengths, timer.wall_ms(lambda: runner.encode(tokenized), iters), sum(lengths))
+            record("ours-e2e", scenario, lengths, timer.wall_ms(lambda: engine(tokenized), iters), sum(lengths))
         report["tokenize_ms_256_texts"] = tokenize_ms(args.tiny)
         log(f"tokenizing 256 texts of ~90 words (made-up WordPiece vocab): {report['tokenize_ms_256_texts']} ms")
         report["targets"] = targets(report)
@@ -346,7 +343,8 @@ def main() -> int:
         t0 = time.time()
         ours_c = packed_from_hf(hf16, head="classify", attention=attention, ops=TorchOps())
         compiled = torch.compile(ours_c, dynamic=True)
-        graphs_c = CudaGraphRunner(compiled, device, SEQ_SLOTS, MAX_SEQLEN)
+        graphs_c = PackedEngine("inductor", ours_c, compiled, BertOptions(max_batch_sequences=SEQ_SLOTS), device,
+                                MAX_SEQLEN, 0, {}).replay
         lengths, ids, types = batches["fixed128x256"]
         segment, chunk = graph_segment(ids, types, device)
         try:
@@ -375,8 +373,8 @@ def tokenize_ms(tiny: bool) -> float:
     """The handler's BatchTokenizer (fast tokenizer, one call per batch) over 256 English-like texts."""
     import tempfile
 
-    from handlers.text.tokenize import BatchTokenizer
-    from handlers.text.vocab import build_vocab, save_wordpiece_tokenizer
+    from torchserve_accel.bert.tokenize import BatchTokenizer
+    from torchserve_accel.bert.vocab import build_vocab, save_wordpiece_tokenizer
 
     vocab = build_vocab()
     words = [w for w in vocab[200:1200] if w.isalpha()]
@@ -416,9 +414,11 @@ def handler_main(args) -> int:
 
     import yaml
 
-    from handlers.bert_handler import BertHandler
-    from handlers.text.bert import prepare_archive_files
-    from handlers.text.vocab import build_vocab
+    sys.path.insert(0, str(REPO / "handlers"))  # as TorchServe puts the archive root on sys.path
+    from bert_handler import BertHandler
+
+    from torchserve_accel.bert.archive import prepare_archive_files
+    from torchserve_accel.bert.vocab import build_vocab
 
     report: dict = {"device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
                     "torch": torch.__version__}
@@ -467,11 +467,11 @@ def handler_main(args) -> int:
 
 def profile_main(args) -> int:
     """Where the time goes: per-kernel breakdown of one forward, GEMM and epilogue microbenchmarks, options."""
-    from handlers.text.encoder import EncoderConfig, PackedBert
-    from handlers.text.triton_gemm import CANDIDATES as GEMM_CANDIDATES
-    from handlers.text.triton_gemm import FusedGemmOps
-    from handlers.text.triton_gemm import linear_gelu as fused_linear_gelu
-    from handlers.text.triton_ops import TritonOps
+    from torchserve_accel.bert.encoder import EncoderConfig, PackedBert
+    from torchserve_accel.bert.triton_gemm import CANDIDATES as GEMM_CANDIDATES
+    from torchserve_accel.bert.triton_gemm import FusedGemmOps
+    from torchserve_accel.bert.triton_gemm import linear_gelu as fused_linear_gelu
+    from torchserve_accel.bert.triton_ops import TritonOps
 
     device = torch.device("cuda")
     report: dict = {"device": torch.cuda.get_device_name(device), "torch": torch.__version__, "profile": {}}
@@ -614,7 +614,7 @@ def profile_main(args) -> int:
         model.ops = TritonOps()
         forward["triton_ops_fixed384x64"] = timer.ms(lambda: model(batch384), 10)
         for slots, seqlen in ((256, 128), (256, 512)):
-            g = CudaGraphRunner(model, device, slots, seqlen)
+            g = PackedEngine("packed", model, model, BertOptions(max_batch_sequences=slots), device, seqlen, 0, {}).replay
             (chunk,) = plan_chunks(mixed, slots, MAX_TOKENS, graph_max_tokens=MAX_TOKENS, graph_max_seqlen=seqlen)
             seg = pack_chunks(mids, mtypes, [chunk]).to(device)
             forward[f"graphs_mixed_slots{slots}_maxseqlen{seqlen}_tokens{chunk.num_tokens}"] = timer.ms(lambda: g(seg, chunk.num_tokens), 10)

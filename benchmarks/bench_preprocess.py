@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.bench_resnet import median_wall_ms, photo_jpegs  # noqa: E402
-from handlers.vision.images import (  # noqa: E402
+from torchserve_accel.resnet.images import (  # noqa: E402
     ImageReadMode, PreprocessSpec, decode_images, decode_jpeg, resize_crop_normalize, resized_size,
 )
 

@@ -30,8 +30,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from handlers.vision.classifier import ImageClassifier, ResNetOptions  # noqa: E402
-from handlers.vision.resnet import prepare_archive_files, random_resnet101, synthetic_images  # noqa: E402
+from torchserve_accel.resnet import runner  # noqa: E402
+from torchserve_accel.resnet.archive import prepare_archive_files, random_resnet101  # noqa: E402
+from torchserve_accel.resnet.gate import correctness_gate, synthetic_images  # noqa: E402
+from torchserve_accel.resnet.options import ResNetOptions  # noqa: E402
 
 
 def median_ms(fn, iters=20, warmup=5) -> float:
@@ -94,19 +96,19 @@ def load_classifier(model_dir: Path, cache_dir: Path, buckets: tuple[int, ...], 
                     variant: str = "default"):
     options = ResNetOptions(batch_buckets=buckets, engine_cache_dir=str(cache_dir), **VARIANTS[variant])
     t0 = time.perf_counter()
-    classifier = ImageClassifier.load(model_dir, options, device, max_batch=max(buckets))
+    classifier = runner.load(model_dir, options, device, batch_size=max(buckets))
     return classifier, time.perf_counter() - t0
 
 
 def warm_start_main(model_dir: str, cache_dir: str, buckets: str, variant: str) -> None:
-    """Child process: time ImageClassifier.load against a warm cache."""
+    """Child process: time the ResNet ``load`` against a warm cache."""
     import logging
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     device = torch.device("cuda:0")
     classifier, seconds = load_classifier(Path(model_dir), Path(cache_dir),
                                           tuple(int(b) for b in buckets.split(",")), device, variant)
-    print(json.dumps({"warm_start_s": seconds, "notes": classifier.notes}))
+    print(json.dumps({"warm_start_s": seconds, "notes": list(classifier.description.values())}))
 
 
 def main() -> None:
@@ -181,7 +183,7 @@ def main() -> None:
                 print(f"[{variant}] FAILED: {err!r}"[:2000], flush=True)
                 torch._dynamo.reset()
                 continue
-            print(f"[{variant}] cold build (buckets {buckets}): {cold[variant]:.1f} s; " + "; ".join(candidate.notes),
+            print(f"[{variant}] cold build (buckets {buckets}): {cold[variant]:.1f} s; " + "; ".join(candidate.description.values()),
                   flush=True)
             for b in batches:
                 ms = median_ms(lambda: candidate.engine(xs16[b][0]))
@@ -197,7 +199,6 @@ def main() -> None:
         cache_dir = Path(tmp) / f"cache-{best}"
 
         # Correctness on 256 images against fp32 eager (TF32 off).
-        from handlers.vision.engines import correctness_gate
 
         sample = torch.cat([synthetic_images(128, generator=torch.Generator().manual_seed(s)) for s in (11, 12)])
         gate = correctness_gate(engine, model, sample, 1e-2, 0.99)
@@ -207,7 +208,7 @@ def main() -> None:
         print(gate.detail, flush=True)
 
         # GPU preprocessing, batch 64 of ~500x375 JPEGs, vs PIL + torchvision on one core.
-        from handlers.vision.images import PreprocessSpec, decode_images, resize_crop_normalize
+        from torchserve_accel.resnet.images import PreprocessSpec, decode_images, resize_crop_normalize
 
         jpegs = photo_jpegs(64)
         report["jpeg_mean_kb"] = round(sum(map(len, jpegs)) / len(jpegs) / 1024, 1)
@@ -237,7 +238,7 @@ def main() -> None:
 
         # Whole handler path (decode -> preprocess -> engine -> top-5 on the host), batch 64.
         blobs = photo_jpegs(64)
-        ms = median_wall_ms(lambda: classifier.classify_blobs(blobs), iters=20)
+        ms = median_wall_ms(lambda: classifier.classify(blobs), iters=20)
         report["handler_path"] = {"batch": 64, "img_per_s": round(64 * 1000 / ms)}
         print(f"handler path batch 64: {report['handler_path']['img_per_s']} img/s", flush=True)
         del classifier, engine

@@ -23,8 +23,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.bench_resnet import photo_jpegs  # noqa: E402
-from handlers.vision.classifier import ImageClassifier, ResNetOptions  # noqa: E402
-from handlers.vision.resnet import prepare_archive_files  # noqa: E402
+from torchserve_accel.resnet import runner  # noqa: E402
+from torchserve_accel.resnet.archive import prepare_archive_files  # noqa: E402
+from torchserve_accel.resnet.options import ResNetOptions  # noqa: E402
 
 
 def main() -> int:
@@ -41,21 +42,21 @@ def main() -> int:
             if "splitting" in record.getMessage():
                 splits.append(record.getMessage())
 
-    logging.getLogger("handlers.vision.classifier").addHandler(Counter())
+    logging.getLogger("torchserve_accel.resnet.runner").addHandler(Counter())
     device = torch.device("cuda:0")
     width, height = (int(v) for v in args.size.split("x"))
     with tempfile.TemporaryDirectory() as tmp:
         prepare_archive_files(Path(tmp), None, log=lambda m: None)
-        classifier = ImageClassifier.load(Path(tmp), ResNetOptions(backend="cudnn", batch_buckets=(1, 8, 16, 32)),
-                                          device, max_batch=args.images)
+        classifier = runner.load(Path(tmp), ResNetOptions(backend="cudnn", batch_buckets=(1, 8, 16, 32)),
+                             device, batch_size=args.images)
     blobs = photo_jpegs(args.images, width, height)
-    alone = [classifier.classify_blobs([b])[0] for b in blobs]
+    alone = [classifier.classify([b])[0] for b in blobs]
     torch.cuda.synchronize()
     torch.cuda.empty_cache()
     total = torch.cuda.get_device_properties(device).total_memory
     cap = torch.cuda.memory_reserved(device) + args.headroom_gb * 2**30
     torch.cuda.set_per_process_memory_fraction(min(1.0, cap / total), device)
-    batched = classifier.classify_blobs(blobs)
+    batched = classifier.classify(blobs)
     same = all(isinstance(b, dict) and b["predictions"][0]["index"] == a["predictions"][0]["index"]
                for a, b in zip(alone, batched))
     report = {"device": torch.cuda.get_device_name(device), "images": args.images, "size": args.size,

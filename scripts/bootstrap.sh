@@ -25,9 +25,10 @@ installed_here() {
   "$py" - "$root" <<'PY' 2>/dev/null
 import importlib.util, pathlib, sys
 root = pathlib.Path(sys.argv[1]).resolve()
-names = ["ts", "model_archiver", "torch", "torchvision", "transformers", "safetensors", "requests", "yaml", "PIL", "pytest"]
+names = ["ts", "model_archiver", "torch", "torchvision", "transformers", "safetensors", "requests", "yaml", "PIL", "pytest",
+         "prometheus_client", "psutil", "pynvml"]
 missing = [n for n in names if importlib.util.find_spec(n) is None]
-spec = importlib.util.find_spec("handlers")
+spec = importlib.util.find_spec("torchserve_accel")
 ours = spec is not None and pathlib.Path(spec.origin).resolve().parent.parent == root
 sys.exit(1 if missing or not ours else 0)
 PY

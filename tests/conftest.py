@@ -1,4 +1,4 @@
-"""Shared pytest set-up: the repo root on sys.path (for ``tests.*`` and ``scripts.*``) and markers.
+"""Shared pytest set-up: the repo root and handlers/ on sys.path, and markers.
 
 Markers
     integration  starts real TorchServe instances (Java frontend) on free loopback ports; select or skip with
@@ -14,8 +14,11 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+# The repository root (``tests.*``, ``benchmarks.*``), and handlers/ as TorchServe puts an archive's root on sys.path:
+# tests import the entry files by their module names (``import resnet_handler``), as a worker does.
+for path in (REPO, REPO / "handlers"):
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
 
 
 def pytest_configure(config):

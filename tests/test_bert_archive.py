@@ -1,4 +1,4 @@
-"""prepare_archive_files / checkpoint reading for local HF checkpoint directories (handlers/text/bert.py)."""
+"""prepare_archive_files / checkpoint reading for local HF checkpoint directories (torchserve_accel/bert/archive.py, checkpoint.py)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from handlers.text.bert import load_packed_bert, make_random_checkpoint, prepare_archive_files, read_hf_state_dict
-from handlers.text.reference import packed_batch, random_sequences
+from torchserve_accel.bert.archive import make_random_checkpoint, prepare_archive_files
+from torchserve_accel.bert.checkpoint import load_packed_bert, read_hf_state_dict
+from benchmarks.reference import packed_batch, random_sequences
 
 TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, max_position_embeddings=64)
 TOKENIZER = ("tokenizer.json", "tokenizer_config.json")
@@ -80,7 +81,7 @@ def test_bad_checkpoints_fail_early(checkpoint, tmp_path):
 def test_classify_needs_a_classifier(tmp_path):
     from transformers import BertConfig, BertModel
 
-    from handlers.text.vocab import save_wordpiece_tokenizer
+    from torchserve_accel.bert.vocab import save_wordpiece_tokenizer
 
     config = BertConfig(vocab_size=200, **{k: v for k, v in TINY.items()})
     BertModel(config).save_pretrained(str(tmp_path))

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from handlers.text.bert import prepare_archive_files
 from tests.fake_context import FakeContext
+from torchserve_accel.bert.archive import prepare_archive_files
+from torchserve_accel.serving.options import OptionsError
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, max_position_embeddings=64)
@@ -29,7 +30,7 @@ def model_dir(tmp_path_factory):
 
 
 def make_handler(model_dir, **options):
-    from handlers.bert_handler import BertHandler
+    from bert_handler import BertHandler
 
     config = yaml.safe_load((REPO / "archiver_configs/bert_large.yaml").read_text())
     config["handler"].update(options)
@@ -100,21 +101,28 @@ def test_embedding_task_mean_pooled_and_normalized(model_dir):
 
 
 def test_bad_options_fail_initialize(model_dir):
-    from handlers.config import ConfigError
-
-    with pytest.raises(ConfigError):
+    with pytest.raises(OptionsError):
         make_handler(model_dir, max_batch_size=3)
-    with pytest.raises(ConfigError):
+    with pytest.raises(OptionsError):
         make_handler(model_dir, task="classify", pooling="mean")
     with pytest.raises(RuntimeError, match="varlen"):
         make_handler(model_dir, attention="varlen")
 
 
-def test_module_level_entry_point(model_dir):
-    import handlers.bert_handler as module
+def test_options_of_earlier_releases_still_work_with_a_warning(model_dir, caplog):
+    """dtype, compile and backend: torch were renamed (precision, backend: inductor / packed); old archives load."""
+    from torchserve_accel.bert.options import BertOptions
+    from torchserve_accel.serving.options import parse_options
 
-    context = FakeContext(model_dir, model_yaml_config={"handler": {"max_length": 32}})
-    module._service = module.BertHandler()
-    assert module.handle(None, context) is None
-    out = json.loads(module.handle([{"body": "fine"}], context)[0])
-    assert out["batch_size"] == 1
+    with caplog.at_level("WARNING"):
+        options = parse_options(BertOptions, {"dtype": "float32", "backend": "torch", "compile": False,
+                                              "tensorrt_engine": ""})
+    assert (options.precision, options.backend) == ("fp32", "packed")
+    assert parse_options(BertOptions, {"compile": True}).backend == "inductor"
+    assert parse_options(BertOptions, {"dtype": "auto"}).precision == "fp16"
+    warned = " ".join(r.getMessage() for r in caplog.records)
+    assert "handler.dtype" in warned and "handler.compile" in warned and "handler.tensorrt_engine" in warned
+    with pytest.raises(OptionsError, match="set only precision"):
+        parse_options(BertOptions, {"dtype": "float16", "precision": "fp16"})
+    handler, context = make_handler(model_dir, dtype="float32", backend="torch", compile=False)
+    assert json.loads(handler.handle([{"body": "fine"}], context)[0])["batch_size"] == 1

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from handlers.text.reference import (
+from benchmarks.reference import (
     BERT_LARGE,
     bert_config,
     hf_forward,
@@ -39,8 +39,8 @@ def test_default_archive_is_bert_large_and_serves(tmp_path):
     import json
     import shutil
 
-    from handlers.bert_handler import BertHandler
-    from handlers.text.bert import prepare_archive_files
+    from bert_handler import BertHandler
+    from torchserve_accel.bert.archive import prepare_archive_files
     from tests.fake_context import FakeContext
 
     files = prepare_archive_files(tmp_path / "staging", None, lambda m: None)

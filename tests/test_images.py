@@ -8,8 +8,8 @@ import torch
 from PIL import Image
 from torchvision import transforms
 
-from handlers.common import RequestError
-from handlers.vision.images import ImageLimits, PreprocessSpec, decode_images, resize_crop_normalize
+from torchserve_accel.serving.requests import RequestError
+from torchserve_accel.resnet.images import ImageLimits, PreprocessSpec, decode_images, resize_crop_normalize
 
 CPU = torch.device("cpu")
 
@@ -100,7 +100,7 @@ def test_preprocess_output_layout_and_dtype():
 @pytest.mark.parametrize("mode,progressive,components", [("RGB", False, 3), ("RGB", True, 3), ("L", False, 1),
                                                          ("CMYK", False, 4)])
 def test_jpeg_header_parse_matches_pil(mode, progressive, components):
-    from handlers.vision.images import _inspect, _jpeg_header
+    from torchserve_accel.resnet.images import _inspect, _jpeg_header
 
     blob = encode(photo(123, 77).convert(mode), "JPEG", progressive=progressive)
     assert _jpeg_header(blob) == (123, 77, components, progressive)
@@ -112,7 +112,7 @@ def test_jpeg_header_parse_matches_pil(mode, progressive, components):
 @pytest.mark.parametrize("in_size,out_size", [(375, 256), (500, 341), (100, 256), (257, 256), (1000, 256),
                                               (224, 224), (33, 8)])
 def test_resize_weights_are_pytorchs_antialiased_bilinear(in_size, out_size):
-    from handlers.vision.images import resize_weights
+    from torchserve_accel.resnet.images import resize_weights
 
     signal = torch.rand(1, 1, in_size, 5, dtype=torch.float64)
     expected = torch.nn.functional.interpolate(signal, size=(out_size, 5), mode="bilinear", antialias=True,
@@ -122,7 +122,7 @@ def test_resize_weights_are_pytorchs_antialiased_bilinear(in_size, out_size):
 
 
 def test_resize_weights_window_is_the_same_rows_and_stays_small():
-    from handlers.vision.images import resize_weights
+    from torchserve_accel.resnet.images import resize_weights
 
     full = resize_weights(375, 256)
     assert np.array_equal(resize_weights(375, 256, 16, 224), full[16:240])
@@ -168,7 +168,7 @@ def test_preprocess_spec_rejects_crop_larger_than_resize():
 def test_gpu_decoder_out_of_memory_is_raised_as_such(monkeypatch):
     """torchvision reports an nvJPEG allocation failure as a plain RuntimeError; it must reach the batch
     splitter as an out-of-memory error, not send every image of the batch to the CPU decoder."""
-    import handlers.vision.images as images
+    import torchserve_accel.resnet.images as images
 
     def failing_decode(*args, **kwargs):
         raise RuntimeError("Error while decoding JPEG images: CUDA out of memory. Tried to allocate 36.00 MiB")

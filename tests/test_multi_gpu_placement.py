@@ -2,7 +2,7 @@
 
 TorchServe gives every worker a ``gpu_id`` (round-robin over the GPUs it counts, or over the model-config's
 ``deviceIds``); every worker process still sees all GPUs, so the handlers must put everything on
-``cuda:{gpu_id}`` themselves (``handlers.common.device_for``). Compiled engines are cached per GPU *type*: the
+``cuda:{gpu_id}`` themselves (``torchserve_accel.serving.device.device_for``). Compiled engines are cached per GPU *type*: the
 cache key must not depend on the device index, so the workers on GPU 0 and GPU 1 of one host share an entry.
 
 The only thing mocked is what cannot exist here: ``torch.cuda.is_available`` (True) and
@@ -24,13 +24,14 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from handlers import bert_handler, resnet_handler
-from handlers.common import device_for
-from handlers.vision import classifier as classifier_module
-from handlers.vision.classifier import ImageClassifier, ResNetOptions
-from handlers.vision.engine_cache import EngineCache
-from handlers.vision.resnet import WEIGHTS_FILE
+import bert_handler
+import resnet_handler
 from tests.fake_context import FakeContext
+from torchserve_accel.backends.engine_cache import EngineCache
+from torchserve_accel.resnet import runner as resnet_runner
+from torchserve_accel.resnet.model import WEIGHTS_FILE
+from torchserve_accel.resnet.options import ResNetOptions
+from torchserve_accel.serving.device import device_for
 
 H100 = SimpleNamespace(name="NVIDIA H100 80GB HBM3", major=9, minor=0)
 A100 = SimpleNamespace(name="NVIDIA A100-SXM4-80GB", major=8, minor=0)
@@ -52,7 +53,6 @@ def test_a_worker_runs_on_the_gpu_torchserve_gave_it(cuda_is_available, tmp_path
 def test_a_worker_without_a_gpu_id_or_cuda_runs_on_the_cpu(monkeypatch, tmp_path):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert device_for(FakeContext(tmp_path, gpu_id=None)) == "cpu"  # deviceType cpu, or no GPU counted
-    assert device_for(FakeContext(tmp_path, gpu_id=1), allow_gpu=False) == "cpu"
     assert device_for(SimpleNamespace()) == "cpu"  # a context without system_properties
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert device_for(FakeContext(tmp_path, gpu_id=1)) == "cpu"  # counted a GPU, but this process has no CUDA
@@ -61,52 +61,36 @@ def test_a_worker_without_a_gpu_id_or_cuda_runs_on_the_cpu(monkeypatch, tmp_path
 # ---------------------------------------------------------------------------------------------- the handlers
 
 
-def record_resnet_load(monkeypatch) -> list[dict]:
-    """Replace ImageClassifier.load; record its device and the CUDA device made current before it ran."""
+def record_load(monkeypatch, handler_class) -> list[dict]:
+    """Replace the model's ``load``; record its device, batch size and the CUDA device made current before it ran."""
     calls = []
     current = {"device": None}
     monkeypatch.setattr(torch.cuda, "set_device", lambda device: current.update(device=torch.device(device)))
 
-    def load(model_dir, options, device, max_batch):
-        calls.append({"device": device, "current": current["device"], "max_batch": max_batch})
+    def load(model_dir, options, device, batch_size):
+        calls.append({"device": device, "current": current["device"], "batch_size": batch_size})
         return SimpleNamespace()
 
-    monkeypatch.setattr(resnet_handler.ImageClassifier, "load", staticmethod(load))
-    return calls
-
-
-def record_bert_build(monkeypatch) -> list[dict]:
-    calls = []
-    current = {"device": None}
-    monkeypatch.setattr(torch.cuda, "set_device", lambda device: current.update(device=torch.device(device)))
-
-    def build_runner(model_dir, options, device, log=None):
-        calls.append({"device": torch.device(device), "current": current["device"]})
-        return SimpleNamespace()
-
-    monkeypatch.setattr(bert_handler, "build_runner", build_runner)
+    monkeypatch.setattr(handler_class, "load", load)
     return calls
 
 
 @pytest.mark.parametrize("gpu_id", [0, 1])
 def test_each_handler_loads_onto_its_workers_gpu(cuda_is_available, monkeypatch, tmp_path, gpu_id):
-    resnet_calls = record_resnet_load(monkeypatch)
+    resnet_calls = record_load(monkeypatch, resnet_handler.ResNetHandler)
     resnet_handler.ResNetHandler().initialize(FakeContext(tmp_path, gpu_id=gpu_id, batch_size=64))
-    assert [(c["device"], c["max_batch"]) for c in resnet_calls] == [(torch.device(f"cuda:{gpu_id}"), 64)]
+    assert [(c["device"], c["batch_size"]) for c in resnet_calls] == [(torch.device(f"cuda:{gpu_id}"), 64)]
 
-    bert_calls = record_bert_build(monkeypatch)
+    bert_calls = record_load(monkeypatch, bert_handler.BertHandler)
     bert_handler.BertHandler().initialize(FakeContext(tmp_path, gpu_id=gpu_id))
     assert bert_calls[0]["device"] == torch.device(f"cuda:{gpu_id}")
 
 
 @pytest.mark.parametrize("handler", ["resnet", "bert"])
 def test_initialize_makes_the_workers_gpu_current_before_loading(cuda_is_available, monkeypatch, tmp_path, handler):
-    if handler == "resnet":
-        calls = record_resnet_load(monkeypatch)
-        resnet_handler.ResNetHandler().initialize(FakeContext(tmp_path, gpu_id=1, batch_size=8))
-    else:
-        calls = record_bert_build(monkeypatch)
-        bert_handler.BertHandler().initialize(FakeContext(tmp_path, gpu_id=1))
+    handler_class = resnet_handler.ResNetHandler if handler == "resnet" else bert_handler.BertHandler
+    calls = record_load(monkeypatch, handler_class)
+    handler_class().initialize(FakeContext(tmp_path, gpu_id=1, batch_size=8))
     assert calls[0]["current"] == torch.device("cuda:1")
 
 
@@ -114,10 +98,10 @@ def test_initialize_makes_the_workers_gpu_current_before_loading(cuda_is_availab
 
 
 def load_classifier(monkeypatch, tmp_path: Path, gpu_id: int, card: SimpleNamespace, backend: str) -> dict:
-    """Run ImageClassifier.load as a GPU worker would, up to the engine build; return the spec and cache it used.
+    """Run the ResNet ``load`` as a GPU worker would, up to the engine build; return the spec and cache it used.
 
     Mocked: the card's properties, the weights loader (no 170 MB ResNet-101 here) and the engine build itself.
-    The cache key is built by the real code in classifier.py and engine_cache.py.
+    The cache key is built by the real code in resnet/runner.py and backends/engine_cache.py.
     """
     model_dir = tmp_path / "model_dir"
     model_dir.mkdir(exist_ok=True)
@@ -125,16 +109,16 @@ def load_classifier(monkeypatch, tmp_path: Path, gpu_id: int, card: SimpleNamesp
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: card)
     monkeypatch.setattr(torch.backends.cudnn, "benchmark", torch.backends.cudnn.benchmark)  # restored after
     monkeypatch.setattr(torch.backends.cudnn, "benchmark_limit", torch.backends.cudnn.benchmark_limit)
-    monkeypatch.setattr(classifier_module, "load_resnet101", lambda path: torch.nn.Identity())
+    monkeypatch.setattr(resnet_runner, "load_resnet101", lambda path: torch.nn.Identity())
     built = {}
 
     def build_engine(model, spec, cache, progress):
         built.update(spec=spec, cache=cache)
         return SimpleNamespace(spec=spec, name=spec.backend)
 
-    monkeypatch.setattr(classifier_module, "build_engine", build_engine)
+    monkeypatch.setattr(resnet_runner, "build_engine", build_engine)
     options = ResNetOptions(backend=backend, correctness_gate=False, engine_cache_dir=str(tmp_path / "engines"))
-    ImageClassifier.load(model_dir, options, torch.device(f"cuda:{gpu_id}"), max_batch=64)
+    resnet_runner.load(model_dir, options, torch.device(f"cuda:{gpu_id}"), batch_size=64)
     return built
 
 
@@ -172,7 +156,7 @@ from pathlib import Path
 
 import torch
 
-from handlers.common import device_for
+from torchserve_accel.serving.device import device_for
 
 
 class PlacementHandler:

@@ -7,13 +7,12 @@ import time
 import pytest
 import torch
 
-from handlers.vision.engine_cache import EngineCache
-from handlers.vision.engines import (
-    EagerEngine, EngineSpec, choose_backend, correctness_gate, tensorrt_unavailable_reason,
-)
-from handlers.vision.resnet import (
-    WEIGHTS_FILE, fold_batchnorm, load_resnet101, prepare_archive_files, random_resnet101, synthetic_images,
-)
+from torchserve_accel.backends.engine_cache import EngineCache
+from torchserve_accel.backends.tensorrt import unavailable_reason as tensorrt_unavailable_reason
+from torchserve_accel.resnet.archive import prepare_archive_files, random_resnet101
+from torchserve_accel.resnet.engines import REGISTRY, EagerEngine, EngineSpec
+from torchserve_accel.resnet.gate import correctness_gate, synthetic_images
+from torchserve_accel.resnet.model import WEIGHTS_FILE, fold_batchnorm, load_resnet101
 
 CPU = torch.device("cpu")
 
@@ -84,9 +83,12 @@ def test_gate_passes_eager_and_catches_a_wrong_engine(model, sample):
 
 
 def test_auto_backend_on_cpu_says_why():
-    backend, reasons = choose_backend("auto", CPU)
-    assert backend == "eager" and "no GPU" in reasons[0]
-    assert choose_backend("inductor", CPU) == ("inductor", [])
+    backend, reasons = REGISTRY.choose("auto", CPU)
+    assert backend.name == "eager"
+    assert [r.split(":")[0] for r in reasons] == ["tensorrt not taken", "cudnn not taken"]
+    assert "needs a GPU worker" in reasons[1]
+    backend, reasons = REGISTRY.choose("inductor", CPU)
+    assert backend.name == "inductor" and reasons == []  # asked for: its build says why it cannot run here
 
 
 def test_engine_cache_key_and_single_builder(tmp_path):
@@ -113,7 +115,7 @@ def test_engine_cache_key_and_single_builder(tmp_path):
 
 def test_onnx_export_matches_eager_under_onnxruntime(model, sample):
     ort = pytest.importorskip("onnxruntime")
-    from handlers.vision.tensorrt_engine import export_onnx
+    from torchserve_accel.resnet.engines import export_onnx
 
     onnx_bytes = export_onnx(copy.deepcopy(model))
     session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
@@ -122,10 +124,10 @@ def test_onnx_export_matches_eager_under_onnxruntime(model, sample):
         assert rel_err(torch.from_numpy(out), model(sample[:3])) < 1e-3
 
 
-@pytest.mark.skipif(tensorrt_unavailable_reason() is not None,
-                    reason=f"TensorRT backend not testable here: {tensorrt_unavailable_reason()}")
+@pytest.mark.skipif(tensorrt_unavailable_reason(torch.device("cuda:0")) is not None,
+                    reason=f"TensorRT backend not testable here: {tensorrt_unavailable_reason(torch.device('cuda:0'))}")
 def test_tensorrt_engine_matches_fp32(model, sample, tmp_path):
-    from handlers.vision.engines import build_engine
+    from torchserve_accel.resnet.engines import build_engine
 
     spec = EngineSpec(backend="tensorrt", device=torch.device("cuda:0"), dtype=torch.float16, buckets=(1, 4, 8))
     cache = EngineCache(tmp_path, {"test": 1})
@@ -137,7 +139,7 @@ def test_tensorrt_engine_matches_fp32(model, sample, tmp_path):
 
 def test_cudnn_fused_resnet_reference_path_matches(model, sample):
     """The fused module's structure (CPU runs its unfused reference ops) computes the same function."""
-    from handlers.vision.cudnn_fused import FusedResNet
+    from torchserve_accel.resnet.cudnn_fused import FusedResNet
 
     fused = FusedResNet(fold_batchnorm(copy.deepcopy(model)), fused=False).eval()
     with torch.no_grad():
@@ -145,7 +147,7 @@ def test_cudnn_fused_resnet_reference_path_matches(model, sample):
 
 
 def test_cudnn_fused_conv_needs_folded_weights():
-    from handlers.vision.cudnn_fused import FusedConv
+    from torchserve_accel.resnet.cudnn_fused import FusedConv
 
     with pytest.raises(ValueError, match="folded"):
         FusedConv(torch.nn.Conv2d(3, 4, 3, bias=False), relu=True, fused=False)
@@ -157,8 +159,8 @@ def test_gate_counts_near_ties_but_not_real_disagreement(model, sample):
     class Shifted(EagerEngine):
         """Flips each row's top-1 by raising the runner-up just past the best: a near-tie flip."""
 
-        def _run_padded(self, x):
-            out = super()._run_padded(x).clone()
+        def _run_chunk(self, x):
+            out = super()._run_chunk(x).clone()
             top2 = out.topk(2, dim=1)
             gap = top2.values[:, 0] - top2.values[:, 1]
             out.scatter_add_(1, top2.indices[:, 1:], (gap + 1e-4)[:, None])

@@ -10,11 +10,13 @@ import torch
 import yaml
 from PIL import Image
 
-from handlers.config import ConfigError, parse_options
-from handlers.resnet_handler import ResNetHandler
-from handlers.vision.classifier import ResNetOptions
-from handlers.vision.resnet import load_resnet101, prepare_archive_files
+from resnet_handler import ResNetHandler
 from tests.fake_context import FakeContext
+from torchserve_accel.resnet import runner
+from torchserve_accel.resnet.archive import prepare_archive_files
+from torchserve_accel.resnet.model import load_resnet101
+from torchserve_accel.resnet.options import ResNetOptions
+from torchserve_accel.serving.options import OptionsError, parse_options
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
 
@@ -46,13 +48,13 @@ def test_shipped_config_parses():
 
 
 def test_config_typos_and_types_are_errors():
-    with pytest.raises(ConfigError, match="unknown handler option"):
+    with pytest.raises(OptionsError, match="unknown handler option"):
         parse_options(ResNetOptions, {"topk": 3})
-    with pytest.raises(ConfigError, match="expected an integer"):
+    with pytest.raises(OptionsError, match="expected an integer"):
         parse_options(ResNetOptions, {"top_k": "3"})
-    with pytest.raises(ConfigError, match="not one of"):
+    with pytest.raises(OptionsError, match="not one of"):
         parse_options(ResNetOptions, {"backend": "tensorRT"})
-    with pytest.raises(ValueError, match="top_k"):
+    with pytest.raises(OptionsError, match="top_k"):
         parse_options(ResNetOptions, {"top_k": 0})
 
 
@@ -101,21 +103,20 @@ def test_predictions_match_reference_pipeline(handler):
 
 
 def test_engine_failure_refuses_or_falls_back_per_config(handler):
-    from handlers.vision.classifier import ImageClassifier
-
     _, model_dir = handler
     cpu = torch.device("cpu")
     # The cudnn engine cannot build on a CPU worker: a stand-in for any engine build failure.
     with pytest.raises(RuntimeError, match="cudnn engine not served.*refusing to start"):
-        ImageClassifier.load(model_dir, ResNetOptions(backend="cudnn"), cpu, max_batch=4)
-    fallback = ImageClassifier.load(model_dir, ResNetOptions(backend="cudnn", on_engine_failure="eager"), cpu, 4)
+        runner.load(model_dir, ResNetOptions(backend="cudnn"), cpu, batch_size=4)
+    fallback = runner.load(model_dir, ResNetOptions(backend="cudnn", on_engine_failure="eager"), cpu, 4)
     assert fallback.engine.name == "eager"
-    assert any("serving the eager engine" in note for note in fallback.notes)
+    assert "needs a GPU worker" in fallback.description["fallback"]
+    assert "serving the eager engine" in fallback.description["fallback"]
 
 
 def test_out_of_memory_batch_is_split_and_retried(handler):
     h, model_dir = handler
-    classifier = h.classifier
+    classifier = h.runner
     real_engine = classifier.engine
     seen = []
 
@@ -136,9 +137,9 @@ def test_out_of_memory_batch_is_split_and_retried(handler):
     classifier.engine = SmallMemoryEngine()
     try:
         blobs = [jpeg_bytes(s) for s in range(5)]
-        split = classifier.classify_blobs(blobs)
+        split = classifier.classify(blobs)
     finally:
         classifier.engine = real_engine
-    whole = classifier.classify_blobs(blobs)
+    whole = classifier.classify(blobs)
     assert seen == [5, 2, 3, 1, 2]  # 5 fails -> 2 + 3; 3 fails -> 1 + 2
     assert [r["predictions"][0]["index"] for r in split] == [r["predictions"][0]["index"] for r in whole]

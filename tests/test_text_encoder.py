@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from handlers.text.reference import (
+from benchmarks.reference import (
     bert_config,
     hf_forward,
     max_error,
@@ -111,7 +111,7 @@ def test_varlen_load_time_smoke_test_logic():
     """The GPU load-time check of varlen_attn, run against a per-sequence CPU stand-in (and a broken one)."""
     import torch.nn.functional as F
 
-    from handlers.text.attention import _smoke_test
+    from torchserve_accel.bert.attention import _smoke_test
 
     class LoopVarlen:
         def __init__(self, broken=False):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from handlers.text.reference import (
+from benchmarks.reference import (
     bert_config,
     hf_forward,
     max_error,
@@ -33,8 +33,8 @@ def models():
 
 
 def test_fast_paths_fp16_within_3x_of_huggingface_fp16(models):
-    from handlers.text.attention import select_attention
-    from handlers.text.fused_ops import select_ops
+    from torchserve_accel.bert.attention import select_attention
+    from torchserve_accel.bert.ops import select_ops
 
     hf, hf16 = models
     device = torch.device("cuda")
@@ -50,20 +50,21 @@ def test_fast_paths_fp16_within_3x_of_huggingface_fp16(models):
 
 
 def test_cuda_graphs_match_eager(models):
-    from handlers.text.graphs import CudaGraphRunner
-    from handlers.text.packing import pack_chunks, plan_chunks
+    from torchserve_accel.backends.cuda_graphs import GraphSet
+    from torchserve_accel.bert.packing import empty_segment, pack_chunks, plan_chunks, view_segment
 
     _, hf16 = models
     ours = packed_from_hf(hf16, head="classify")
-    from handlers.text.attention import select_attention
-    from handlers.text.fused_ops import select_ops
+    from torchserve_accel.bert.attention import select_attention
+    from torchserve_accel.bert.ops import select_ops
 
     ours.attention, _ = select_attention("auto", torch.device("cuda"), torch.float16, 64)
     ours.ops, _ = select_ops("auto", torch.device("cuda"), compiled=False)
-    graphs = CudaGraphRunner(ours, torch.device("cuda"), seq_slots=8, max_seqlen=512)
     ids, types = random_sequences(LENGTHS, 3000)
     (chunk,) = plan_chunks([len(i) for i in ids], 8, 4096, graph_max_tokens=4096, graph_max_seqlen=512)
-    out = graphs(pack_chunks(ids, types, [chunk]).cuda(), chunk.num_tokens)[: len(ids)]
+    graphs = GraphSet(lambda segment: ours(view_segment(segment, chunk.num_tokens, 8, 512)), torch.device("cuda"))
+    graphs.capture(chunk.num_tokens, empty_segment(chunk.num_tokens, 8, 512).cuda())  # captured on no sequences
+    out = graphs.replay(chunk.num_tokens, pack_chunks(ids, types, [chunk]).cuda())[: len(ids)].clone()
     with torch.inference_mode():
         eager = ours(packed_batch(ids, types, device="cuda"))
     assert max_error(out, eager) < 1e-3
@@ -74,19 +75,19 @@ def test_question_answering_on_gpu_graphs_and_eager_within_3x_of_huggingface_fp1
     within 3x of HF fp16's error against HF fp32, with and without graphs; answers are spans of their context."""
     from transformers import BertForQuestionAnswering
 
-    from handlers.text.bert import build_runner, make_random_checkpoint
-    from handlers.text.options import BertOptions
+    from torchserve_accel.bert.archive import make_random_checkpoint
+    from torchserve_accel.bert.options import BertOptions
+    from torchserve_accel.bert.runner import load
 
     shape = {k: v for k, v in TINY.items() if k != "vocab_size"}
     checkpoint = make_random_checkpoint(tmp_path / "qa", seed=2, config_overrides=shape, task="qa")
     context = " ".join(f"the cat number {i} sat on mat {i} in room {i % 7}." for i in range(60))
     questions = [f"where did cat {i} sit?" for i in range(0, 60, 7)]
     contexts = [context[: 200 + 90 * i] for i in range(len(questions))]
-    graphed = build_runner(checkpoint, BertOptions(task="qa", max_length=384), "cuda", log=lambda m: None)
-    eager = build_runner(checkpoint, BertOptions(task="qa", max_length=384, cuda_graphs=False), "cuda",
-                         log=lambda m: None)
+    graphed = load(checkpoint, BertOptions(task="qa", max_length=384), "cuda", 1)
+    eager = load(checkpoint, BertOptions(task="qa", max_length=384, cuda_graphs=False), "cuda", 1)
     pairs = graphed.tokenizer.pairs(questions, contexts)
-    ours = graphed.encode(pairs)
+    ours = graphed.engine(pairs)
     inputs = padded_batch(pairs.ids, pairs.type_ids, device="cuda")
     hf32 = BertForQuestionAnswering.from_pretrained(str(checkpoint), torch_dtype=torch.float32).cuda().eval()
     hf16 = BertForQuestionAnswering.from_pretrained(str(checkpoint), torch_dtype=torch.float16).cuda().eval()
@@ -98,6 +99,6 @@ def test_question_answering_on_gpu_graphs_and_eager_within_3x_of_huggingface_fp1
 
     ref = logits(hf32)
     assert (ours - ref).abs().max() <= 3 * (logits(hf16) - ref).abs().max()
-    assert (eager.encode(pairs) - ours).abs().max() <= 3 * (logits(hf16) - ref).abs().max()
+    assert (eager.engine(pairs) - ours).abs().max() <= 3 * (logits(hf16) - ref).abs().max()
     answers = graphed.answer(questions, contexts)
     assert all(x["answer"] and x["answer"] == c[x["start"]:x["end"]] for x, c in zip(answers, contexts))

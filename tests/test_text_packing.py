@@ -1,12 +1,12 @@
-"""Host-side packing: chunk plans, bucket sizes, segment layout (handlers/text/packing.py)."""
+"""Host-side packing: chunk plans, bucket sizes, segment layout (torchserve_accel/bert/packing.py)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from handlers.text.bert import graph_buckets
-from handlers.text.packing import pack_chunks, plan_chunks, token_bucket, view_segment
+from torchserve_accel.bert.engines import graph_buckets
+from torchserve_accel.bert.packing import pack_chunks, plan_chunks, token_bucket, view_segment
 
 
 def _seqs(lengths, start=10):

@@ -12,14 +12,17 @@ import pytest
 import torch
 import yaml
 
-from handlers.config import ConfigError
-from handlers.text.bert import build_runner, load_packed_bert, make_random_checkpoint, prepare_archive_files
-from handlers.text.options import BertOptions
-from handlers.text.qa import answers as span_answers
-from handlers.text.qa import best_spans
-from handlers.text.tokenize import TokenizedPairs, context_windows
-from handlers.text.reference import padded_batch
-from handlers.text.remap import hf_to_packed, packed_to_hf
+from torchserve_accel.serving.options import OptionsError
+from torchserve_accel.bert.archive import make_random_checkpoint, prepare_archive_files
+from torchserve_accel.bert.checkpoint import load_packed_bert
+from torchserve_accel.bert.runner import load
+from torchserve_accel.serving.requests import RequestError
+from torchserve_accel.bert.options import BertOptions
+from torchserve_accel.bert.qa import answers as span_answers
+from torchserve_accel.bert.qa import best_spans
+from torchserve_accel.bert.tokenize import TokenizedPairs, context_windows
+from benchmarks.reference import padded_batch
+from torchserve_accel.bert.remap import hf_to_packed, packed_to_hf
 from tests.fake_context import FakeContext
 
 REPO = Path(__file__).resolve().parent.parent
@@ -86,11 +89,11 @@ def test_start_end_logits_and_answers_match_huggingface(checkpoint):
     from transformers import BertForQuestionAnswering
 
     hf = BertForQuestionAnswering.from_pretrained(str(checkpoint), torch_dtype=torch.float32).eval()
-    runner = build_runner(checkpoint, BertOptions(task="qa", max_length=48, doc_stride=8), "cpu", log=lambda m: None)
+    runner = load(checkpoint, BertOptions(task="qa", max_length=48, doc_stride=8), "cpu", 1)
     contexts = [CONTEXT, CONTEXT[:60], CONTEXT]
     pairs = runner.tokenizer.pairs(QUESTIONS, contexts, doc_stride=8)
     assert pairs.rows.count(1) == 1 and pairs.rows.count(0) > 1 and not pairs.errors and not any(pairs.truncated)
-    ours = runner.encode(pairs)  # (tokens, 2) packed
+    ours = runner.engine(pairs)  # (tokens, 2) packed
     input_ids, token_types, mask = padded_batch(pairs.ids, pairs.type_ids)
     with torch.inference_mode():
         out = hf(input_ids=input_ids, token_type_ids=token_types, attention_mask=mask)
@@ -115,12 +118,12 @@ def test_start_end_logits_and_answers_match_huggingface(checkpoint):
 
 
 def test_a_question_too_long_for_max_length_fails_alone(checkpoint):
-    runner = build_runner(checkpoint, BertOptions(task="qa", max_length=16), "cpu", log=lambda m: None)
+    runner = load(checkpoint, BertOptions(task="qa", max_length=16), "cpu", 1)
     answers = runner.answer(["short?", "a question far too long " * 5, "where?"], [CONTEXT] * 3)
-    assert isinstance(answers[1], str) and "max_length=16" in answers[1]
+    assert isinstance(answers[1], RequestError) and answers[1].status == 413 and "max_length=16" in answers[1].message
     assert isinstance(answers[0], dict) and isinstance(answers[2], dict)
     assert answers[0]["truncated"] is False  # 16-token rows: the context runs in windows, none dropped
-    capped = build_runner(checkpoint, BertOptions(task="qa", max_length=16, max_windows=2), "cpu", log=lambda m: None)
+    capped = load(checkpoint, BertOptions(task="qa", max_length=16, max_windows=2), "cpu", 1)
     (answer,) = capped.answer(["short?"], [CONTEXT])
     assert answer["truncated"] is True and answer["end"] < len(CONTEXT) // 2
 
@@ -135,7 +138,7 @@ def test_context_windows_cover_the_context_with_the_stride_overlap():
 
 
 def test_pair_rows_repeat_the_question_and_overlap_the_context(checkpoint):
-    from handlers.text.tokenize import BatchTokenizer
+    from torchserve_accel.bert.tokenize import BatchTokenizer
 
     tokenizer = BatchTokenizer.from_dir(checkpoint, max_length=24)
     pairs = tokenizer.pairs(["where did the cat sit?"], [CONTEXT], doc_stride=4, max_windows=16)
@@ -171,17 +174,17 @@ def test_the_best_window_answers():
     assert (answer["answer"], answer["start"], answer["end"]) == ("sat", 8, 11) and answer["score"] > 0.98
 
 
-def test_qa_needs_a_qa_checkpoint_and_the_torch_backend(tmp_path, checkpoint):
+def test_qa_needs_a_qa_checkpoint_and_the_packed_encoder(tmp_path, checkpoint):
     classifier = make_random_checkpoint(tmp_path / "cls", seed=1, config_overrides=TINY)
     with pytest.raises(ValueError, match="BertForQuestionAnswering"):
         load_packed_bert(classifier, "qa", "cpu", torch.float32)
     with pytest.raises(ValueError, match="classifier"):
         load_packed_bert(checkpoint, "classify", "cpu", torch.float32)
-    with pytest.raises(ConfigError, match="backend: torch"):
+    with pytest.raises(OptionsError, match="packed or inductor backend"):
         BertOptions(task="qa", backend="tensorrt").validate()
-    with pytest.raises(ConfigError, match="embed only"):
+    with pytest.raises(OptionsError, match="embed only"):
         BertOptions(task="qa", pooling="mean").validate()
-    with pytest.raises(ConfigError, match="max_answer_tokens"):
+    with pytest.raises(OptionsError, match="max_answer_tokens"):
         BertOptions(task="qa", max_answer_tokens=0).validate()
 
 
@@ -199,7 +202,7 @@ def test_random_archive_for_task_qa_is_a_qa_checkpoint(tmp_path):
 
 @pytest.fixture(scope="module")
 def handler(tmp_path_factory, checkpoint):
-    from handlers.bert_handler import BertHandler
+    from bert_handler import BertHandler
 
     model_dir = tmp_path_factory.mktemp("qa-model")
     for path in checkpoint.iterdir():

@@ -1,12 +1,12 @@
-"""HF state dict <-> PackedBert state dict (handlers/text/remap.py)."""
+"""HF state dict <-> PackedBert state dict (torchserve_accel/bert/remap.py)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from handlers.text.reference import bert_config, random_hf_classifier
-from handlers.text.remap import hf_to_packed, packed_to_hf
+from benchmarks.reference import bert_config, random_hf_classifier
+from torchserve_accel.bert.remap import hf_to_packed, packed_to_hf
 
 TINY = dict(vocab_size=500, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48,
             max_position_embeddings=40)

@@ -1,15 +1,16 @@
-"""Request bodies -> texts, or a 4xx for that request alone (handlers/text/requests.py)."""
+"""Request bodies -> texts, or a 4xx for that request alone (torchserve_accel/bert/requests.py)."""
 
 from __future__ import annotations
 
 import pytest
 
-from handlers.common import RequestError
-from handlers.text.requests import parse_text_request
+from torchserve_accel.bert.requests import parse_text_request
+from torchserve_accel.serving.requests import RequestError, request_payload
 
 
 def parse(body, key="body"):
-    return parse_text_request({key: body}, max_items=3, max_chars=50)
+    """As the handler does: the payload of TorchServe's request dict, then the BERT request parser."""
+    return parse_text_request(request_payload({key: body}), max_items=3, max_chars=50)
 
 
 @pytest.mark.parametrize(
@@ -27,7 +28,7 @@ def test_accepted_bodies(body, texts, as_list):
 
 
 def test_multipart_data_field():
-    assert parse_text_request({"data": "hi"}, 3, 50).texts == ["hi"]
+    assert parse("hi", key="data").texts == ["hi"]
 
 
 @pytest.mark.parametrize(

@@ -18,9 +18,9 @@ REPO = Path(__file__).resolve().parent.parent
 SCRIPT = r"""
 import torch
 from torch import nn
-from handlers.text.fused_ops import TorchOps
-from handlers.text.triton_ops import TritonOps
-from handlers.text.reference import bert_config, random_hf_classifier, packed_from_hf, packed_batch, random_sequences
+from torchserve_accel.bert.ops import TorchOps
+from torchserve_accel.bert.triton_ops import TritonOps
+from benchmarks.reference import bert_config, random_hf_classifier, packed_from_hf, packed_batch, random_sequences
 
 torch.manual_seed(0)
 for dtype, tol in ((torch.float32, 1e-5), (torch.float16, 2e-3)):
@@ -61,9 +61,9 @@ def test_triton_kernels_match_torch_formulas_in_interpreter():
 GEMM_SCRIPT = r"""
 import torch
 import torch.nn.functional as F
-from handlers.text.fused_ops import TorchOps
-from handlers.text.triton_gemm import FusedGemmOps, GemmConfig, linear_gelu
-from handlers.text.reference import bert_config, random_hf_classifier, packed_from_hf, packed_batch, random_sequences
+from torchserve_accel.bert.ops import TorchOps
+from torchserve_accel.bert.triton_gemm import FusedGemmOps, GemmConfig, linear_gelu
+from benchmarks.reference import bert_config, random_hf_classifier, packed_from_hf, packed_batch, random_sequences
 
 torch.manual_seed(0)
 small = (GemmConfig(block_m=32, block_n=32, block_k=32, group_m=2, num_stages=1, num_warps=4),
@@ -115,7 +115,7 @@ def test_fused_ffn_gemm_matches_torch_in_interpreter():
 def test_fused_ffn_gemm_is_not_picked_without_hopper():
     import torch
 
-    from handlers.text.triton_gemm import pick_ffn_ops
+    from torchserve_accel.bert.triton_gemm import pick_ffn_ops
 
     linear = torch.nn.Linear(64, 128)
     ops, reason = pick_ffn_ops(linear, 256, "auto")

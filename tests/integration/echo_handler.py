@@ -1,32 +1,45 @@
 """A tiny TorchServe handler for lifecycle tests (not collected by pytest; archived by the tests).
 
-It answers each request with its body length, the batch it ran in and the worker pid, and uses the installed
-``handlers`` package exactly as the real handlers do: per-request 4xx through ``finish_batch`` and the batch
-metrics through ``record_batch``. A body of ``bad`` gets a 422 for itself alone.
+It has the shape of every model here: typed options, ``load`` -> a runner with ``parse`` and ``run``, and the
+shared ``ModelHandler`` skeleton, so per-request 4xx and the batch metrics go through the same code as the real
+handlers. Each request is answered with its body length, the batch it ran in and the worker pid; a body of ``bad``
+gets a 422 for itself alone.
 """
 
 import os
 import time
+from dataclasses import dataclass
 
-from handlers.common import RequestError, finish_batch, payload_bytes, record_batch, request_payload
+from torchserve_accel.serving.handler import ModelHandler
+from torchserve_accel.serving.requests import RequestError, payload_bytes
 
 
-class EchoHandler:
-    def initialize(self, context):
-        self.delay_s = float((context.model_yaml_config or {}).get("handler", {}).get("delay_s", 0.0))
-        self.initialized = True
+@dataclass(frozen=True)
+class EchoOptions:
+    delay_s: float = 0.0
 
-    def handle(self, data, context):
-        outputs = []
-        for request in data:
-            try:
-                body = payload_bytes(request_payload(request), "raw bytes")
-                if body == b"bad":
-                    raise RequestError(422, "bad payload")
-                outputs.append({"bytes": len(body), "batch_size": len(data), "pid": os.getpid()})
-            except RequestError as error:
-                outputs.append(error)
-        if self.delay_s:
-            time.sleep(self.delay_s)
-        record_batch(context, len(data))
-        return finish_batch(context, outputs)
+
+class EchoRunner:
+    def __init__(self, options: EchoOptions):
+        self.options = options
+
+    def parse(self, request):
+        body = payload_bytes(request.payload, "raw bytes")
+        if body == b"bad":
+            raise RequestError(422, "bad payload")
+        return body
+
+    def run(self, items, timings):
+        if self.options.delay_s:
+            time.sleep(self.options.delay_s)
+        return [item if isinstance(item, RequestError) else {"bytes": len(item), "batch_size": len(items),
+                                                              "pid": os.getpid()} for item in items]
+
+
+def load(model_dir, options, device, batch_size):
+    return EchoRunner(options)
+
+
+class EchoHandler(ModelHandler):
+    options = EchoOptions
+    load = load

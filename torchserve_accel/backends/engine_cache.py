@@ -95,3 +95,11 @@ class EngineCache:
                 progress(f"engine cache miss: building into {self.dir} (first build on this GPU type takes minutes)")
             yield self
             (self.dir / "READY").write_text(time.strftime("%Y-%m-%dT%H:%M:%S"))
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+

@@ -1,5 +1,5 @@
-"""Turning one TorchServe request into texts (or question/context pairs), or a ``RequestError`` (4xx) for that
-request alone.
+"""One request's payload -> its texts (or question/context pairs), or a ``RequestError`` (4xx) for that request
+alone.
 
 Accepted bodies, task classify / embed:
     text/plain                    the body is one text (TorchServe hands it over as str)
@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
-from handlers.common import RequestError, request_payload
+from torchserve_accel.serving.requests import RequestError
 
 
 @dataclass(frozen=True)
@@ -55,25 +55,12 @@ def _check_items(payload: dict, field: str, kind: str, max_items: int) -> list:
     return items
 
 
-def request_content_type(context: Any, idx: int) -> str | None:
-    """The Content-Type header of request ``idx`` in the batch (any letter case), or None."""
-    headers_of = getattr(context, "get_all_request_header", None)
-    headers = headers_of(idx) if headers_of is not None else None
-    for name, value in (headers or {}).items():
-        if isinstance(value, str) and name.lower() == "content-type":
-            return value
-    return None
-
-
-def parse_text_request(
-    request: Mapping[str, Any], max_items: int, max_chars: int, content_type: str | None = None
-) -> TextRequest:
-    """One request dict from TorchServe -> ``TextRequest``; raises ``RequestError`` with a 4xx status.
+def parse_text_request(payload: Any, max_items: int, max_chars: int, content_type: str | None = None) -> TextRequest:
+    """One request's payload -> ``TextRequest``; raises ``RequestError`` with a 4xx status.
 
     TorchServe parses application/json bodies itself and forwards the raw bytes when they do not parse: raw
     bytes under ``content_type`` application/json are malformed JSON, not a text.
     """
-    payload = request_payload(request)
     if isinstance(payload, (bytes, bytearray)):
         if content_type is not None and content_type.split(";", 1)[0].strip().lower() == "application/json":
             raise RequestError(400, 'body is not valid JSON (Content-Type: application/json); send {"text": ...} '
@@ -107,9 +94,8 @@ def _check_pair(pair: Any, where: str, max_chars: int) -> tuple[str, str]:
             _check_text(pair["context"], f"{where}context", max_chars))
 
 
-def parse_qa_request(request: Mapping[str, Any], max_items: int, max_chars: int) -> QARequest:
-    """One request dict from TorchServe -> ``QARequest``; raises ``RequestError`` with a 4xx status."""
-    payload = request_payload(request)
+def parse_qa_request(payload: Any, max_items: int, max_chars: int) -> QARequest:
+    """One request's payload -> ``QARequest``; raises ``RequestError`` with a 4xx status."""
     if isinstance(payload, (bytes, bytearray, str)):  # not parsed by TorchServe: malformed JSON or another type
         try:
             text = payload if isinstance(payload, str) else bytes(payload).decode("utf-8")

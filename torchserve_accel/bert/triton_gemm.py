@@ -18,7 +18,7 @@ import triton
 import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
 
-from handlers.text.triton_ops import TritonOps, _gelu
+from torchserve_accel.bert.triton_ops import TritonOps, _gelu
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageSequence, UnidentifiedImageError
 
-from handlers.common import RequestError
+from torchserve_accel.serving.requests import RequestError
 
 # torchvision 0.29 marks its image codecs deprecated in favour of TorchCodec; the GPU decoder still works and
 # is the one we want here. Silence the per-call warning once, at import.

@@ -10,9 +10,9 @@ from typing import Sequence
 
 import torch
 
-from handlers.text.encoder import EncoderConfig, PackedBert, unpack_hidden
-from handlers.text.packing import pack_chunks, plan_chunks, view_segment
-from handlers.text.remap import hf_to_packed
+from torchserve_accel.bert.encoder import EncoderConfig, PackedBert, unpack_hidden
+from torchserve_accel.bert.packing import pack_chunks, plan_chunks, view_segment
+from torchserve_accel.bert.remap import hf_to_packed
 
 BERT_LARGE = dict(
     vocab_size=30522,

@@ -20,7 +20,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from handlers.text.packing import PackedBatch
+from torchserve_accel.bert.packing import PackedBatch
 
 
 class VarlenMeta(NamedTuple):

@@ -8,7 +8,7 @@ Shapes: T packed tokens of the chunk (``PackedBatch.num_tokens``), S sequence sl
 Per layer: one fused QKV GEMM (with bias), attention on packed tokens (attention.py), then three bias-free GEMMs
 whose epilogues run as ``ops.bias_residual_layernorm`` / ``ops.bias_gelu`` (fused_ops.py). The attention backend
 and the epilogue ops are picked at load time and handed in; this code does not know whether it is compiled,
-captured in a CUDA graph or run eagerly. Weights come in through ``handlers.text.remap`` (HF names -> ours).
+captured in a CUDA graph or run eagerly. Weights come in through ``torchserve_accel.bert.remap`` (HF names -> ours).
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from handlers.text.attention import PaddedSDPAttention
-from handlers.text.fused_ops import TorchOps
-from handlers.text.packing import PackedBatch
+from torchserve_accel.bert.attention import PaddedSDPAttention
+from torchserve_accel.bert.ops import TorchOps
+from torchserve_accel.bert.packing import PackedBatch
 
 Head = Literal["classify", "embed_cls", "embed_mean", "qa", "hidden"]
 
@@ -111,7 +111,7 @@ class PackedBert(nn.Module):
 
     * ``classify``: (S, num_labels) float32 probabilities
     * ``embed_cls`` / ``embed_mean``: (S, H) float32 sentence embeddings ([CLS] hidden state or mean of tokens)
-    * ``qa``: (T, 2) float32 start and end logits of every packed token (``handlers.text.qa`` picks the spans)
+    * ``qa``: (T, 2) float32 start and end logits of every packed token (``torchserve_accel.bert.qa`` picks the spans)
     * ``hidden``: (T, H) last hidden states, packed (``unpack_hidden`` restores padding)
     """
 

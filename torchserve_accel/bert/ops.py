@@ -52,7 +52,7 @@ def select_ops(preference: str, device: torch.device, compiled: bool):
             raise RuntimeError(f"fusion=triton asked for, but the device is {device}")
         return TorchOps(), f"torch (unfused): no Triton on {device}"
     try:
-        from handlers.text.triton_ops import TritonOps
+        from torchserve_accel.bert.triton_ops import TritonOps
     except ImportError as exc:
         if preference == "triton":
             raise RuntimeError(f"fusion=triton asked for, but triton does not import: {exc}") from exc

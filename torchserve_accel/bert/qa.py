@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch.nn.utils.rnn import pad_sequence
 
-from handlers.text.tokenize import TokenizedPairs
+from torchserve_accel.bert.tokenize import TokenizedPairs
+from torchserve_accel.serving.requests import RequestError
 
 
 def best_spans(
@@ -41,8 +42,9 @@ def best_spans(
 
 
 def answers(pairs: TokenizedPairs, contexts: Sequence[str], logits: torch.Tensor, max_answer_tokens: int) -> list:
-    """Per input pair: {"answer", "score", "start", "end", "truncated"} (character offsets into its context), or
-    the reason (str) it could not be run. ``logits``: (T, 2) of the rows of ``pairs`` packed in order."""
+    """Per input pair: {"answer", "score", "start", "end", "truncated"} (character offsets into its context), or a
+    ``RequestError`` (413) saying why it could not be run. ``logits``: (T, 2) of the rows of ``pairs`` packed in
+    order."""
     in_context = torch.tensor([flag for row in pairs.in_context for flag in row], dtype=torch.bool)
     start, end, score = best_spans(logits, pairs.lengths, in_context, max_answer_tokens)
     best: dict[int, tuple[float, int, int, int]] = {}  # pair -> (score, row, start token, end token)
@@ -51,7 +53,7 @@ def answers(pairs: TokenizedPairs, contexts: Sequence[str], logits: torch.Tensor
             best[index] = (p, row, s, e)
     out: list = [None] * (len(best) + len(pairs.errors))
     for index, reason in pairs.errors.items():
-        out[index] = reason
+        out[index] = RequestError(413, reason)
     for index, (p, row, s, e) in best.items():
         if p > 0.0:
             first, last = pairs.offsets[row][s][0], pairs.offsets[row][e][1]

@@ -1,0 +1,76 @@
+"""BERT's typed options: the ``handler:`` section of archiver_configs/bert_large.yaml."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from torchserve_accel.serving.options import OptionsError, Precision, rename_option
+
+
+@dataclass(frozen=True)
+class BertOptions:
+    # What to answer: class probabilities (needs a classifier in the checkpoint), sentence embeddings, or
+    # extractive answers to questions about a context (needs a BertForQuestionAnswering checkpoint).
+    task: Literal["classify", "embed", "qa"] = "classify"
+    pooling: Literal["cls", "mean"] = "cls"  # embed: [CLS] hidden state or mean over tokens
+    normalize: bool = False  # embed: L2-normalize
+    max_answer_tokens: int = 30  # qa: longest answer span, in tokens
+    doc_stride: int = 128  # qa: a context longer than one row runs in windows overlapping by this many tokens
+    max_windows: int = 16  # qa: windows per pair at most; the rest of a longer context is dropped (truncated: true)
+    # Tokens per text after truncation ([CLS]/[SEP] included); 0 = the model's max_position_embeddings.
+    max_length: int = 0
+    # Request limits (a request over them gets a 4xx of its own).
+    max_items_per_request: int = 64
+    max_text_chars: int = 100_000
+    # One encoder call runs at most this many sequences / packed tokens; bigger batches run in chunks.
+    max_batch_sequences: int = 256
+    max_batch_tokens: int = 32768
+    # Engine: a name in bert.engines.REGISTRY. packed: our padding-free encoder (Triton epilogues, CUDA graphs);
+    # inductor: the same encoder under torch.compile; tensorrt: a TensorRT engine on padded batches.
+    backend: Literal["auto", "packed", "inductor", "tensorrt"] = "auto"
+    precision: Precision = "fp16"  # on a GPU; CPU workers run fp32
+    attention: Literal["auto", "varlen", "sdpa"] = "auto"
+    fusion: Literal["auto", "triton", "torch"] = "auto"
+    # With Triton fusion on sm90+: the FFN's first GEMM with bias+GELU in its epilogue (triton_gemm.py).
+    # auto: timed against cuBLAS + the bias+GELU kernel at load, the faster one is kept.
+    fused_ffn_gemm: Literal["auto", "on", "off"] = "auto"
+    cuda_graphs: bool = True  # GPU only: one graph per packed-token bucket, for chunks up to graph_max_tokens
+    graph_max_tokens: int = 8192  # larger chunks are GPU-bound: they run eagerly, with no bucket padding
+    capture_at_start: bool = True  # capture every bucket's graph in initialize (else on first use)
+    engine_cache_dir: str = ""  # tensorrt; empty: $XDG_CACHE_HOME/torchserve-accel/engines
+
+    @classmethod
+    def upgrade(cls, section: dict) -> list[str]:
+        """Rename the keys of earlier releases in place (``dtype``, ``compile``, ``backend: torch``)."""
+        notes = rename_option(section, "dtype", "precision",
+                              {"auto": "fp16", "float16": "fp16", "bfloat16": "bf16", "float32": "fp32"})
+        if section.get("backend") == "torch":
+            section["backend"] = "packed"
+            notes.append("handler.backend: 'torch' is now handler.backend: packed")
+        if "compile" in section:
+            compiled = section.pop("compile")
+            if compiled is True and section.get("backend", "auto") in ("auto", "packed"):
+                section["backend"] = "inductor"
+            notes.append(f"handler.compile: {compiled!r} is now handler.backend: "
+                         f"{'inductor' if compiled is True else 'packed (or auto)'}")
+        if "tensorrt_engine" in section:
+            section.pop("tensorrt_engine")
+            notes.append("handler.tensorrt_engine is ignored: TensorRT engines live in the engine cache "
+                         "(handler.engine_cache_dir), keyed by GPU and software versions")
+        return notes
+
+    def validate(self) -> None:
+        if self.max_length < 0:
+            raise OptionsError("handler.max_length must be >= 0")
+        if self.doc_stride < 0:
+            raise OptionsError("handler.doc_stride must be >= 0")
+        for name in ("max_answer_tokens", "max_windows", "max_items_per_request", "max_text_chars",
+                     "max_batch_sequences", "max_batch_tokens", "graph_max_tokens"):
+            if getattr(self, name) < 1:
+                raise OptionsError(f"handler.{name} must be >= 1")
+        if self.task != "embed" and (self.pooling != "cls" or self.normalize):
+            raise OptionsError("handler.pooling/normalize apply to task: embed only")
+        if self.task == "qa" and self.backend == "tensorrt":
+            raise OptionsError("handler.task: qa runs on the packed or inductor backend only (the TensorRT engine "
+                               "has no span head)")

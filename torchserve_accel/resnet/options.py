@@ -1,0 +1,47 @@
+"""ResNet's typed options: the ``handler:`` section of archiver_configs/resnet101.yaml."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from torchserve_accel.serving.options import OptionsError, Precision
+
+
+@dataclass(frozen=True)
+class ResNetOptions:
+    # Engine: a name in resnet.engines.REGISTRY; auto takes TensorRT where it is installed, else cudnn; eager on CPU.
+    backend: Literal["auto", "tensorrt", "cudnn", "inductor", "eager"] = "auto"
+    precision: Precision = "fp16"  # on a GPU; CPU workers run fp32
+    top_k: int = 5
+    batch_buckets: tuple[int, ...] = (1, 8, 16, 32, 64)  # batches pad to the next bucket; the largest is batchSize
+    cuda_graphs: bool = True
+    # Wait for a batch's results asleep (a blocking CUDA event) instead of spinning a core: several workers per GPU
+    # leave the host's cores to each other and to the frontend.
+    blocking_sync: bool = True
+    engine_cache_dir: str = ""  # inductor/tensorrt; empty: $XDG_CACHE_HOME/torchserve-accel/engines
+    # The fast engine against fp32 eager on synthetic images at load; a failure refuses to serve (or falls back).
+    correctness_gate: bool = True
+    gate_images: int = 16
+    gate_max_rel_err: float = 1e-2
+    gate_min_top1: float = 0.99
+    on_engine_failure: Literal["refuse", "eager"] = "refuse"  # a fast engine that fails to build or the gate
+    # inductor backend only
+    compile_mode: Literal["default", "max-autotune-no-cudagraphs"] = "default"
+    freezing: bool = True
+    conv_1x1_as_mm: bool = False  # 1x1 convolutions as cuBLAS matmuls instead of cuDNN
+    dynamic_batch: bool = False  # compile once for all buckets (faster worker start) instead of once per bucket
+    cudnn_benchmark_limit: int = 10  # cuDNN algorithms tried per conv shape; 0 tries them all
+    # Preprocessing and request limits.
+    resize: int = 256
+    crop: int = 224
+    max_pixels: int = 40_000_000  # larger images are refused before decoding (decompression bombs)
+    cpu_threads: int = 0  # 0: leave torch's default
+
+    def validate(self) -> None:
+        if not 1 <= self.top_k <= 1000:
+            raise OptionsError(f"handler.top_k must be in 1..1000, got {self.top_k}")
+        if not self.batch_buckets or min(self.batch_buckets) < 1:
+            raise OptionsError(f"handler.batch_buckets must be positive sizes, got {self.batch_buckets}")
+        if not 0 < self.crop <= self.resize:
+            raise OptionsError("handler.crop must be positive and not exceed handler.resize")

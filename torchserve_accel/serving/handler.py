@@ -1,0 +1,74 @@
+"""The handler skeleton every model's TorchServe entry file subclasses.
+
+``initialize``: the model's typed options from model-config.yaml, the worker's device, then the model's
+``load(model_dir, options, device, batch_size) -> Runner``. ``handle``: each request of TorchServe's batch becomes an
+item (``Runner.parse``, or a ``RequestError`` in its slot), ``Runner.run(items, timings)`` answers them all at once,
+and the answers become JSON responses with a status per request and the batch's metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Protocol, Sequence
+
+from torchserve_accel.serving.device import claim_device
+from torchserve_accel.serving.metrics import record_batch
+from torchserve_accel.serving.options import options_from_context
+from torchserve_accel.serving.requests import Request, RequestError, request_content_type, request_payload
+
+
+class Runner(Protocol):
+    def parse(self, request: Request) -> Any:
+        """One request -> the item ``run`` takes; raises ``RequestError`` (4xx) for a bad request."""
+
+    def run(self, items: Sequence[Any], timings: dict[str, float]) -> list[Any]:
+        """Items (``RequestError`` for the bad ones) -> one JSON-able answer or ``RequestError`` per item, in order.
+        ``timings`` accumulates host seconds per stage (``serving.metrics.STAGE_METRICS``)."""
+
+
+class ModelHandler:
+    """Subclasses name the model's ``options`` dataclass and its ``load`` function; nothing else."""
+
+    options: ClassVar[type]
+    load: ClassVar[Callable[..., Runner]]
+
+    runner: Runner | None = None
+
+    def initialize(self, context: Any) -> None:
+        options = options_from_context(self.options, context)
+        device = claim_device(context)
+        properties = context.system_properties
+        load = type(self).load  # a plain function stored on the class: call it unbound
+        self.runner = load(Path(properties["model_dir"]), options, device, int(properties.get("batch_size") or 1))
+
+    def handle(self, data: list[dict], context: Any) -> list[str]:
+        started = time.perf_counter()
+        timings: dict[str, float] = {}
+        items = [self._parse(request, context, idx) for idx, request in enumerate(data)]
+        answers = self.runner.run(items, timings)
+        timings["total"] = time.perf_counter() - started
+        responses = encode_responses(context, answers)
+        record_batch(context, len(data), timings)
+        return responses
+
+    def _parse(self, request: dict, context: Any, idx: int) -> Any:
+        try:
+            return self.runner.parse(Request(request_payload(request), request_content_type(context, idx)))
+        except RequestError as err:
+            return err
+
+
+def encode_responses(context: Any, answers: Sequence[Any]) -> list[str]:
+    """One JSON body per request; a ``RequestError`` becomes that request's status and ``{"error", "status"}``."""
+    responses = []
+    for idx, answer in enumerate(answers):
+        if isinstance(answer, RequestError):
+            if context is not None:
+                context.set_response_status(answer.status, answer.message, idx)
+            answer = answer.to_json()
+        if context is not None:
+            context.set_response_content_type(idx, "application/json")
+        responses.append(json.dumps(answer))
+    return responses

@@ -1,0 +1,122 @@
+"""One request of a TorchServe batch, the per-request error, and the slots that keep a batch's answers in order.
+
+A bad request must never fail the requests batched with it: a model's ``parse`` raises ``RequestError`` for that
+request alone, its ``run`` keeps the error in the request's slot, and the handler answers it with its own 4xx while
+the rest of the batch answers 200.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Sequence, TypeVar
+
+Item = TypeVar("Item")
+Part = TypeVar("Part")
+Output = TypeVar("Output")
+
+
+class RequestError(Exception):
+    """One request of a batch is bad; ``status`` is the HTTP code it gets (4xx, or 503 for a retryable failure)."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+    def to_json(self) -> dict:
+        return {"error": self.message, "status": self.status}
+
+
+@dataclass(frozen=True)
+class Request:
+    """What a model's ``parse`` sees of one request.
+
+    ``payload``: the body as TorchServe hands it over: ``bytearray`` for binary bodies, ``str`` for ``text/*``,
+    parsed JSON for ``application/json`` (the raw bytes when that JSON does not parse). ``content_type``: the
+    request's Content-Type header, or None.
+    """
+
+    payload: Any
+    content_type: str | None = None
+
+
+def request_payload(request: Mapping[str, Any]) -> Any:
+    """The payload of one of TorchServe's request dicts: raw body, multipart ``data``/``file``, or parsed JSON.
+
+    Raises ``RequestError(400)`` for an empty body (which is also what a form-urlencoded POST turns into).
+    """
+    for key in ("data", "body", "file"):
+        value = request.get(key)
+        if value is not None:
+            if isinstance(value, (bytes, bytearray, str)) and len(value) == 0:
+                raise RequestError(400, "empty request body")
+            return value
+    raise RequestError(
+        400,
+        "empty request body (send the payload as the raw body with a Content-Type header, "
+        "or as a multipart field named 'data')",
+    )
+
+
+def request_content_type(context: Any, idx: int) -> str | None:
+    """The Content-Type header of request ``idx`` in the batch (any letter case), or None."""
+    headers_of = getattr(context, "get_all_request_header", None)
+    headers = headers_of(idx) if headers_of is not None else None
+    for name, value in (headers or {}).items():
+        if isinstance(value, str) and name.lower() == "content-type":
+            return value
+    return None
+
+
+def payload_bytes(payload: Any, what: str) -> bytes | bytearray:
+    """The payload as bytes (TorchServe's bytearray passes through uncopied); JSON or text where binary was
+    expected is a 415."""
+    if isinstance(payload, (bytes, bytearray)):
+        return payload
+    raise RequestError(
+        415,
+        f"expected {what} as a binary body (e.g. Content-Type: application/octet-stream or image/jpeg), "
+        f"got {type(payload).__name__}",
+    )
+
+
+class Slots:
+    """The parts of a batch's good items, flattened for one batched run, and the way back to one answer per item.
+
+    ``parts(item)`` lists what an item contributes to the batched run (one image, a request's texts, ...).
+    Items that are already ``RequestError`` contribute nothing and keep their slot.
+    """
+
+    def __init__(self, items: Sequence[Item | RequestError], parts: Callable[[Item], Sequence[Part]]):
+        self.items = list(items)
+        self.flat: list[Part] = []
+        self.counts: list[int] = []
+        for item in self.items:
+            own = [] if isinstance(item, RequestError) else list(parts(item))
+            self.flat.extend(own)
+            self.counts.append(len(own))
+
+    def answers(
+        self, outputs: Sequence[Output], answer: Callable[[Item, list[Output]], Any]
+    ) -> list[Any | RequestError]:
+        """``outputs``: one per flattened part, in order -> ``answer(item, its outputs)`` per good item; error
+        items stay as they are."""
+        if len(outputs) != len(self.flat):
+            raise ValueError(f"{len(outputs)} outputs for {len(self.flat)} parts")
+        results: list[Any | RequestError] = []
+        cursor = 0
+        for item, count in zip(self.items, self.counts):
+            if isinstance(item, RequestError):
+                results.append(item)
+            else:
+                results.append(answer(item, list(outputs[cursor : cursor + count])))
+            cursor += count
+        return results
+
+
+def first_error(outputs: Sequence[Any], where: Callable[[int], str] = lambda i: "") -> RequestError | None:
+    """The first ``RequestError`` among one item's outputs, its message prefixed with ``where(index)``."""
+    for index, output in enumerate(outputs):
+        if isinstance(output, RequestError):
+            return RequestError(output.status, f"{where(index)}{output.message}")
+    return None

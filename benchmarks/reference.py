@@ -10,19 +10,10 @@ from typing import Sequence
 
 import torch
 
-from torchserve_accel.bert.encoder import EncoderConfig, PackedBert, unpack_hidden
+from torchserve_accel.bert.archive import BERT_LARGE
+from torchserve_accel.bert.checkpoint import packed_bert
+from torchserve_accel.bert.encoder import PackedBert, unpack_hidden
 from torchserve_accel.bert.packing import pack_chunks, plan_chunks, view_segment
-from torchserve_accel.bert.remap import hf_to_packed
-
-BERT_LARGE = dict(
-    vocab_size=30522,
-    hidden_size=1024,
-    num_hidden_layers=24,
-    num_attention_heads=16,
-    intermediate_size=4096,
-    max_position_embeddings=512,
-    type_vocab_size=2,
-)
 
 
 def bert_config(num_labels: int = 2, **overrides):
@@ -49,14 +40,10 @@ def random_hf_classifier(config, seed: int = 0, attn_implementation: str = "sdpa
 
 
 def packed_from_hf(hf_model, head: str = "hidden", attention=None, ops=None) -> PackedBert:
-    """Our encoder with the HF model's weights (through the remap), on the HF model's device and dtype."""
-    state = hf_to_packed(hf_model.state_dict())
-    num_labels = state["classifier.weight"].shape[0] if "classifier.weight" in state else 0
-    cfg = EncoderConfig.from_hf(hf_model.config, num_labels=num_labels, with_pooler="pooler.weight" in state)
+    """Our encoder with a copy of the HF model's weights (through the remap), on the HF model's device and dtype."""
+    state = {k: v.clone() for k, v in hf_model.state_dict().items()}
+    model = packed_bert(state, hf_model.config, head, attention=attention, ops=ops)
     param = next(hf_model.parameters())
-    with torch.device("meta"):
-        model = PackedBert(cfg, attention=attention, ops=ops, head=head)
-    model.load_state_dict({k: v.clone() for k, v in state.items()}, strict=True, assign=True)
     return model.to(device=param.device, dtype=param.dtype).eval().requires_grad_(False)
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from bert_handler import BertHandler
 from tests.fake_context import FakeContext
 from torchserve_accel.bert.archive import prepare_archive_files
 from torchserve_accel.serving.options import OptionsError
@@ -30,8 +31,6 @@ def model_dir(tmp_path_factory):
 
 
 def make_handler(model_dir, **options):
-    from bert_handler import BertHandler
-
     config = yaml.safe_load((REPO / "archiver_configs/bert_large.yaml").read_text())
     config["handler"].update(options)
     context = FakeContext(model_dir, model_yaml_config=config)
@@ -124,5 +123,54 @@ def test_options_of_earlier_releases_still_work_with_a_warning(model_dir, caplog
     assert "handler.dtype" in warned and "handler.compile" in warned and "handler.tensorrt_engine" in warned
     with pytest.raises(OptionsError, match="set only precision"):
         parse_options(BertOptions, {"dtype": "float16", "precision": "fp16"})
-    handler, context = make_handler(model_dir, dtype="float32", backend="torch", compile=False)
+    old_archive = {"handler": {"dtype": "float32", "backend": "torch", "compile": False, "max_length": 32}}
+    context = FakeContext(model_dir, model_yaml_config=old_archive)
+    handler = BertHandler()
+    handler.initialize(context)
     assert json.loads(handler.handle([{"body": "fine"}], context)[0])["batch_size"] == 1
+
+
+@pytest.mark.gpu
+def test_gpu_worker_answers_like_the_cpu_worker(model_dir):
+    """fp16 packed engine (Triton epilogues, CUDA graphs) on a GPU worker vs the fp32 CPU worker, one mixed batch."""
+    cpu, cpu_context = make_handler(model_dir)
+    config = yaml.safe_load((REPO / "archiver_configs/bert_large.yaml").read_text())
+    gpu_context = FakeContext(model_dir, model_yaml_config=config, gpu_id=0)
+    gpu_context.metrics = cpu_context.metrics = None  # TorchServe's metric types: not on a GPU machine without it
+    gpu = BertHandler()
+    gpu.initialize(gpu_context)
+    assert gpu.runner.engine.name == "packed" and gpu.runner.description["dtype"] == "float16"
+    data = [{"body": "I loved this movie"}, {"body": {"texts": ["great", "the cat sat on the mat " * 20]}},
+            {"body": {"texts": []}}]
+    on_gpu = [json.loads(r) for r in gpu.handle(data, gpu_context)]
+    on_cpu = [json.loads(r) for r in cpu.handle(data, cpu_context)]
+    assert gpu_context.statuses == cpu_context.statuses and set(gpu_context.statuses) == {2}
+    pairs = [(on_gpu[0], on_cpu[0]), *zip(on_gpu[1]["results"], on_cpu[1]["results"])]
+    for g, c in pairs:
+        assert max(abs(g["probabilities"][k] - c["probabilities"][k]) for k in c["probabilities"]) < 1e-2
+
+
+def test_a_batch_out_of_gpu_memory_is_split_and_a_text_alone_gets_a_503(model_dir):
+    """Out of memory above two texts, and always for one huge text: the batch splits until what fits runs, the huge
+    text alone is answered 503, its batch-mates 200 with the answers they get alone."""
+    import torch
+
+    handler, context = make_handler(model_dir)
+    real_engine, seen = handler.runner.engine, []
+
+    def engine(tokenized):
+        seen.append(len(tokenized.ids))
+        if len(tokenized.ids) > 2 or any(len(ids) > 40 for ids in tokenized.ids):
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real_engine(tokenized)
+
+    handler.runner.engine = engine
+    data = [{"body": "first text"}, {"body": {"texts": ["second", "huge " * 60]}}, {"body": "third"}]
+    try:
+        answers = [json.loads(r) for r in handler.handle(data, context)]
+    finally:
+        handler.runner.engine = real_engine
+    assert seen[0] == 4 and {i: code for i, (code, _) in context.statuses.items()} == {1: 503}
+    assert "out of GPU memory for this text" in answers[1]["error"]
+    alone = json.loads(handler.handle([{"body": "third"}], context)[0])
+    assert answers[2]["probabilities"] == pytest.approx(alone["probabilities"], abs=1e-6)

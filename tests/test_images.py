@@ -66,10 +66,10 @@ def test_animated_gif_uses_first_frame():
 def test_bad_images_fail_alone():
     good = encode(photo(200, 150), "JPEG")
     truncated = good[: len(good) // 2]
-    tiny = encode(Image.new("RGB", (1, 1)), "PNG")
+    wide = encode(Image.new("RGB", (201, 1)), "PNG")
     big = encode(Image.new("RGB", (400, 300)), "PNG")
     passthrough = RequestError(400, "earlier problem")
-    out = decode_images([b"hello, not an image", truncated, good, tiny, big, passthrough], CPU,
+    out = decode_images([b"hello, not an image", truncated, good, wide, big, passthrough], CPU,
                         ImageLimits(max_pixels=100_000))
     assert [getattr(o, "status", 200) for o in out] == [415, 400, 200, 422, 413, 400]
     assert out[5] is passthrough
@@ -103,9 +103,9 @@ def test_jpeg_header_parse_matches_pil(mode, progressive, components):
     from torchserve_accel.resnet.images import _inspect, _jpeg_header
 
     blob = encode(photo(123, 77).convert(mode), "JPEG", progressive=progressive)
-    assert _jpeg_header(blob) == (123, 77, components, progressive)
+    assert _jpeg_header(blob) == (123, 77, components, progressive, 1)
     # Only baseline grayscale/YCbCr goes to nvJPEG.
-    assert _inspect(blob, ImageLimits()) == (components in (1, 3) and not progressive)
+    assert _inspect(blob, ImageLimits()) == (components in (1, 3) and not progressive, 1)
     assert _jpeg_header(blob[:20]) is None
 
 
@@ -177,3 +177,85 @@ def test_gpu_decoder_out_of_memory_is_raised_as_such(monkeypatch):
     blob = encode(photo(64, 48), "JPEG")
     with pytest.raises(torch.cuda.OutOfMemoryError, match="nvJPEG"):
         decode_images([blob, blob], torch.device("cuda", 0))
+
+
+def torchvision_reference(img: Image.Image) -> torch.Tensor:
+    """What a stock handler computes: PIL RGB -> Resize(256) -> CenterCrop(224) -> ToTensor -> Normalize."""
+    tf = transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224), transforms.ToTensor(),
+                             transforms.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])
+    return tf(img.convert("RGB"))
+
+
+@pytest.mark.parametrize("size", [(1, 1), (2, 1), (4, 4), (7, 7), (9, 15)])
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+def test_tiny_images_are_upscaled_as_torchvision_does(size, fmt):
+    blob = encode(photo(*size, seed=sum(size)), fmt, **({"quality": 95} if fmt == "JPEG" else {}))
+    (decoded,) = decode_images([blob], CPU)
+    assert decoded.shape == (3, size[1], size[0])
+    ours = resize_crop_normalize([decoded], PreprocessSpec(dtype=torch.float32, channels_last=False))[0]
+    reference = torchvision_reference(Image.open(io.BytesIO(blob)))
+    # PIL's uint8 resize rounds each pass; ours stays in float until the end (normalized units, ~4/255 / 0.225)
+    assert (ours - reference).abs().max() < 0.08
+
+
+def exif_jpeg(img: Image.Image, orientation: int) -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    return encode(img, "JPEG", quality=95, exif=exif.tobytes())
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_exif_orientation_on_both_paths_matches_pils_exif_transpose(orientation):
+    """The CPU path turns through PIL; the GPU path turns the decoded tensor from the tag read in the header walk.
+    Both must give PIL's ``exif_transpose`` of the same bytes."""
+    from PIL import ImageOps
+
+    from torchserve_accel.resnet.images import _jpeg_header, oriented
+
+    blob = exif_jpeg(photo(40, 24, seed=orientation), orientation)
+    expected = np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(blob))).convert("RGB"))
+    expected = torch.from_numpy(expected.copy()).permute(2, 0, 1)
+    (cpu_path,) = decode_images([blob], CPU)
+    assert torch.equal(cpu_path, expected)
+    stored = torch.from_numpy(np.asarray(Image.open(io.BytesIO(blob)).convert("RGB")).copy()).permute(2, 0, 1)
+    header = _jpeg_header(blob)
+    assert header.orientation == orientation and (header.width, header.height) == (40, 24)
+    assert torch.equal(oriented(stored, header.orientation), expected)
+    (as_stored,) = decode_images([blob], CPU, exif_orientation=False)
+    assert torch.equal(as_stored, stored)
+
+
+def test_exif_orientation_in_big_endian_exif_and_malformed_exif():
+    from torchserve_accel.resnet.images import _exif_orientation
+
+    big_endian = b"MM\x00\x2a\x00\x00\x00\x08\x00\x01" + b"\x01\x12\x00\x03\x00\x00\x00\x01\x00\x06\x00\x00"
+    assert _exif_orientation(big_endian) == 6
+    assert _exif_orientation(big_endian[:12]) == 1  # cut inside the entry
+    assert _exif_orientation(b"XX\x00\x2a") == 1
+    assert _exif_orientation(big_endian.replace(b"\x00\x06", b"\x00\x09")) == 1  # not an orientation
+
+
+def test_a_second_frame_header_is_refused_before_anything_is_decoded():
+    """A small JPEG with a second frame header declaring 12000x12000: decoders may honour the last one, so the
+    first one's size cannot be trusted."""
+    blob = encode(photo(64, 64), "JPEG")
+    sof = blob.index(b"\xff\xc0")
+    length = int.from_bytes(blob[sof + 2 : sof + 4], "big")
+    second = bytearray(blob[sof : sof + 2 + length])
+    second[5:9] = (12000).to_bytes(2, "big") * 2
+    patched = blob[: sof + 2 + length] + bytes(second) + blob[sof + 2 + length :]
+    (out,) = decode_images([patched], CPU)
+    assert isinstance(out, RequestError) and out.status == 400 and "more than one frame header" in out.message
+
+
+@pytest.mark.gpu
+def test_gpu_decode_matches_the_cpu_path_with_orientations_and_tiny_images():
+    """nvJPEG + the tensor turn on the GPU against PIL on the CPU, in one batch with PNGs and tiny images."""
+    blobs = [exif_jpeg(photo(64, 48, seed=k), k) for k in range(1, 9)]
+    blobs += [encode(photo(3, 2), "JPEG"), encode(photo(40, 30), "PNG")]
+    on_gpu = decode_images(blobs, torch.device("cuda:0"))
+    on_cpu = decode_images(blobs, CPU)
+    for gpu, cpu in zip(on_gpu, on_cpu):
+        assert gpu.shape == cpu.shape and gpu.is_cuda
+        # nvJPEG and libjpeg differ in IDCT and chroma upsampling by a few levels
+        assert (gpu.cpu().int() - cpu.int()).abs().float().mean() < 3

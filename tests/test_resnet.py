@@ -85,8 +85,7 @@ def test_gate_passes_eager_and_catches_a_wrong_engine(model, sample):
 def test_auto_backend_on_cpu_says_why():
     backend, reasons = REGISTRY.choose("auto", CPU)
     assert backend.name == "eager"
-    assert [r.split(":")[0] for r in reasons] == ["tensorrt not taken", "cudnn not taken"]
-    assert "needs a GPU worker" in reasons[1]
+    assert [r.split(":")[0] for r in reasons] == ["cudnn not taken"] and "needs a GPU worker" in reasons[0]
     backend, reasons = REGISTRY.choose("inductor", CPU)
     assert backend.name == "inductor" and reasons == []  # asked for: its build says why it cannot run here
 

@@ -15,6 +15,16 @@ from torchserve_accel.archive import ArchiveFiles
 from torchserve_accel.bert.checkpoint import read_hf_config, read_hf_state_dict
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
+# BERT-Large's shape (HF BertConfig fields), for random-weight archives and the benchmarks' reference models.
+BERT_LARGE = dict(
+    vocab_size=30522,
+    hidden_size=1024,
+    num_hidden_layers=24,
+    num_attention_heads=16,
+    intermediate_size=4096,
+    max_position_embeddings=512,
+    type_vocab_size=2,
+)
 
 
 def make_random_checkpoint(out_dir: Path, seed: int = 0, config_overrides: dict | None = None,
@@ -29,18 +39,8 @@ def make_random_checkpoint(out_dir: Path, seed: int = 0, config_overrides: dict 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     vocab = build_vocab()
-    settings = dict(
-        vocab_size=len(vocab),
-        hidden_size=1024,
-        num_hidden_layers=24,
-        num_attention_heads=16,
-        intermediate_size=4096,
-        max_position_embeddings=512,
-        type_vocab_size=2,
-        id2label={0: "negative", 1: "positive"},
-        label2id={"negative": 0, "positive": 1},
-    )
-    settings.update(config_overrides or {})
+    settings = {**BERT_LARGE, "vocab_size": len(vocab), "id2label": {0: "negative", 1: "positive"},
+                "label2id": {"negative": 0, "positive": 1}, **(config_overrides or {})}
     config = BertConfig(**settings)
     architecture = BertForQuestionAnswering if task == "qa" else BertForSequenceClassification
     config.architectures = [architecture.__name__]

@@ -39,9 +39,8 @@ class PaddedMeta(NamedTuple):
 
 def uniform_attention(qkv: torch.Tensor, length: int) -> torch.Tensor:
     """Chunks whose sequences all have ``length`` tokens: the packed (T, 3, H, D) tensor *is* a dense
-    (T / length, length, 3, H, D) batch with no padding, so plain SDPA runs on views of it.
-    2026-11: SDPA (cuDNN on H200, torch 2.11) took 0.07 ms per BERT-Large layer at 256 x 128 where varlen_attn
-    (FlashAttention-2) took 0.14 ms."""
+    (T / length, length, 3, H, D) batch with no padding, so plain SDPA runs on views of it (SDPA's cuDNN kernel is
+    faster there than varlen_attn; benchmarks/NOTES.md)."""
     tokens, _, heads, dim = qkv.shape
     q, k, v = qkv.view(tokens // length, length, 3, heads, dim).transpose(1, 3).unbind(2)  # (S, H, L, D)
     return F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(tokens, heads, dim)

@@ -47,18 +47,29 @@ def load_packed_bert(
 ) -> tuple[PackedBert, Any]:
     """HF checkpoint dir -> ``PackedBert`` on ``device`` in ``dtype`` (eval), and the HF config."""
     hf_config = read_hf_config(model_dir)
-    state = hf_to_packed(read_hf_state_dict(model_dir))
+    try:
+        model = packed_bert(read_hf_state_dict(model_dir), hf_config, head, normalize)
+    except ValueError as err:
+        raise ValueError(f"{model_dir}: {err}") from None
+    return model.to(device=device, dtype=dtype).eval().requires_grad_(False), hf_config
+
+
+def packed_bert(hf_state: dict[str, torch.Tensor], hf_config: Any, head: str, normalize: bool = False,
+                **modules: Any) -> PackedBert:
+    """An HF state dict and config -> ``PackedBert`` holding those tensors (remapped, QKV joined). ``modules``:
+    ``attention``/``ops`` for the encoder (default: the portable reference ones)."""
+    state = hf_to_packed(hf_state)
     num_labels = state["classifier.weight"].shape[0] if "classifier.weight" in state else 0
     cfg = EncoderConfig.from_hf(hf_config, num_labels=num_labels, with_pooler="pooler.weight" in state,
                                 with_qa="qa_outputs.weight" in state)
     if head == "classify" and not (num_labels and cfg.with_pooler):
-        raise ValueError(f"task: classify needs a BertForSequenceClassification checkpoint; {model_dir} has no classifier")
+        raise ValueError("task: classify needs a BertForSequenceClassification checkpoint; this one has no classifier")
     if head == "qa" and not cfg.with_qa:
-        raise ValueError(f"task: qa needs a BertForQuestionAnswering checkpoint; {model_dir} has no qa_outputs weights")
+        raise ValueError("task: qa needs a BertForQuestionAnswering checkpoint; this one has no qa_outputs weights")
     with torch.device("meta"):
-        model = PackedBert(cfg, head=head, normalize=normalize)
+        model = PackedBert(cfg, head=head, normalize=normalize, **modules)
     model.load_state_dict(state, strict=True, assign=True)
-    return model.to(device=device, dtype=dtype).eval().requires_grad_(False), hf_config
+    return model
 
 
 def label_names(hf_config: Any, num_labels: int) -> list[str]:

@@ -8,7 +8,7 @@ Both take ``x``: (T, N) straight out of a bias-free ``F.linear`` and may overwri
 
 * ``TorchOps``: the reference formulas. Under ``torch.compile`` Inductor fuses each into one kernel; in plain
   eager mode they run as 2-3 kernels each (the slow path, used on CPU).
-* ``TritonOps`` (handlers/text/triton_ops.py): one hand-written Triton kernel each, for eager GPU runs and
+* ``TritonOps`` (triton_ops.py): one hand-written Triton kernel each, for eager GPU runs and
   CUDA graphs; tested against ``TorchOps`` on CPU through Triton's interpreter.
 """
 

@@ -13,11 +13,11 @@ Task qa (JSON only; a body sent as another content type is parsed as JSON too):
 
 from __future__ import annotations
 
-import json
+import unicodedata
 from dataclasses import dataclass
 from typing import Any
 
-from torchserve_accel.serving.requests import RequestError
+from torchserve_accel.serving.requests import RequestError, describe_keys, parse_json
 
 
 @dataclass(frozen=True)
@@ -34,13 +34,24 @@ class QARequest:
 
 
 def _check_text(text: Any, where: str, max_chars: int) -> str:
+    """A string of at most ``max_chars`` characters, valid Unicode, with something visible in it."""
     if not isinstance(text, str):
         raise RequestError(400, f"{where} must be a string, got {type(text).__name__}")
-    if not text.strip():
-        raise RequestError(400, f"{where} is empty")
     if len(text) > max_chars:
         raise RequestError(413, f"{where} has {len(text)} characters, more than the limit of {max_chars}")
+    try:
+        text.encode("utf-8")  # JSON can carry lone surrogates ("\ud800"); the tokenizer cannot
+    except UnicodeEncodeError as exc:
+        raise RequestError(400, f"{where} is not valid Unicode (a lone surrogate at character {exc.start})") from None
+    if not _visible(text):
+        raise RequestError(400, f"{where} is empty (nothing but spaces, control or zero-width characters)")
     return text
+
+
+def _visible(text: str) -> bool:
+    """Any character that is not a separator (Z*) or a control, format or unassigned one (C*): NULs and zero-width
+    spaces alone make no text. Stops at the first visible character."""
+    return any(unicodedata.category(c)[0] not in "CZ" for c in text)
 
 
 def _check_items(payload: dict, field: str, kind: str, max_items: int) -> list:
@@ -81,12 +92,12 @@ def parse_text_request(payload: Any, max_items: int, max_chars: int, content_typ
     if keys == {"texts"}:
         texts = _check_items(payload, "texts", "strings", max_items)
         return TextRequest([_check_text(t, f"texts[{i}]", max_chars) for i, t in enumerate(texts)], as_list=True)
-    raise RequestError(400, f'expected exactly one of the fields "text" or "texts", got {sorted(keys)}')
+    raise RequestError(400, f'expected exactly one of the fields "text" or "texts", got {describe_keys(keys)}')
 
 
 def _check_pair(pair: Any, where: str, max_chars: int) -> tuple[str, str]:
     if not isinstance(pair, dict) or set(pair) != {"question", "context"}:
-        got = sorted(pair) if isinstance(pair, dict) else f"JSON {type(pair).__name__}"
+        got = describe_keys(pair) if isinstance(pair, dict) else f"JSON {type(pair).__name__}"
         label, hint = (where.rstrip("."), "") if where else ("the body", ' (or the one field "pairs")')
         raise RequestError(400, f'{label} must be an object with exactly the fields "question" and "context"{hint}, '
                                 f'got {got}')
@@ -97,14 +108,7 @@ def _check_pair(pair: Any, where: str, max_chars: int) -> tuple[str, str]:
 def parse_qa_request(payload: Any, max_items: int, max_chars: int) -> QARequest:
     """One request's payload -> ``QARequest``; raises ``RequestError`` with a 4xx status."""
     if isinstance(payload, (bytes, bytearray, str)):  # not parsed by TorchServe: malformed JSON or another type
-        try:
-            text = payload if isinstance(payload, str) else bytes(payload).decode("utf-8")
-            payload = json.loads(text)
-        except UnicodeDecodeError as exc:
-            raise RequestError(400, f"body is not valid UTF-8 (byte {exc.start})") from None
-        except ValueError:
-            raise RequestError(400, 'body is not valid JSON; send {"question": ..., "context": ...} or '
-                                    '{"pairs": [...]}') from None
+        payload = parse_json(payload, '{"question": ..., "context": ...} or {"pairs": [...]}')
     if isinstance(payload, dict) and set(payload) == {"pairs"}:
         pairs = _check_items(payload, "pairs", "objects", max_items)
         checked = [_check_pair(p, f"pairs[{i}].", max_chars) for i, p in enumerate(pairs)]

@@ -20,6 +20,7 @@ from torchserve_accel.bert.engines import REGISTRY
 from torchserve_accel.bert.options import BertOptions
 from torchserve_accel.bert.requests import QARequest, TextRequest, parse_qa_request, parse_text_request
 from torchserve_accel.bert.tokenize import BatchTokenizer
+from torchserve_accel.serving.memory import halving_on_oom
 from torchserve_accel.serving.requests import Request, RequestError, Slots, first_error
 
 log = logging.getLogger(__name__)
@@ -91,10 +92,12 @@ class BertRunner:
             return failed
         return {"results": outputs} if request.as_list else outputs[0]
 
-    def encode_texts(self, texts: Sequence[str], timings: dict[str, float]) -> list[Answer]:
-        """Texts -> per text ``{"label", "probabilities", "truncated"}`` or ``{"embedding", "truncated"}``."""
-        if not texts:
-            return []
+    def encode_texts(self, texts: Sequence[str], timings: dict[str, float]) -> list[Answer | RequestError]:
+        """Texts -> per text ``{"label", "probabilities", "truncated"}`` or ``{"embedding", "truncated"}`` (a
+        ``RequestError`` 503 for a text that alone does not fit in GPU memory: ``halving_on_oom``)."""
+        return halving_on_oom(lambda part: self._encode_texts(part, timings), texts, "text") if texts else []
+
+    def _encode_texts(self, texts: Sequence[str], timings: dict[str, float]) -> list[Answer]:
         t0 = time.perf_counter()
         tokenized = self.tokenizer(texts)
         t1 = time.perf_counter()
@@ -111,10 +114,14 @@ class BertRunner:
 
     def answer(self, questions: Sequence[str], contexts: Sequence[str],
                timings: dict[str, float] | None = None) -> list[Answer | RequestError]:
-        """Pairs -> per pair an answer (``qa.answers``) or a ``RequestError`` (a question too long for any context)."""
-        if not questions:
-            return []
+        """Pairs -> per pair an answer (``qa.answers``) or a ``RequestError`` (413: a question too long for any
+        context; 503: a pair that alone does not fit in GPU memory)."""
         timings = {} if timings is None else timings
+        pairs = list(zip(questions, contexts))
+        return halving_on_oom(lambda part: self._answer(part, timings), pairs, "pair") if pairs else []
+
+    def _answer(self, pairs: Sequence[tuple[str, str]], timings: dict[str, float]) -> list[Answer | RequestError]:
+        questions, contexts = [q for q, _ in pairs], [c for _, c in pairs]
         t0 = time.perf_counter()
         pairs = self.tokenizer.pairs(questions, contexts, self.options.doc_stride, self.options.max_windows)
         t1 = time.perf_counter()

@@ -36,8 +36,8 @@ class GemmConfig:
         return f"{self.block_m}x{self.block_n}x{self.block_k}/st{self.num_stages}/w{self.num_warps}{split}"
 
 
-# Candidates timed at load time (``pick_ffn_ops``) and by the profile benchmark, best first. 2026-11, H100,
-# 32768 x 4096 x 1024: 128x128x64/st4/w8 0.541 ms, 128x128x128/st3 0.554, 128x256x64/st4 0.564, /st3 0.596.
+# Candidates timed at load time (``pick_ffn_ops``) and by the profile benchmark, best first at BERT-Large's FFN
+# shape (benchmarks/NOTES.md).
 CANDIDATES = (
     GemmConfig(),
     GemmConfig(block_k=128, num_stages=3),
@@ -167,9 +167,9 @@ def pick_ffn_ops(
 
     ``preference``: ``off`` (unfused), ``on`` (the first candidate that runs), ``auto`` (time every candidate and
     cuBLAS + the bias+GELU kernel on ``tokens`` random rows at this layer's shape, keep the fastest). Load time
-    only: a few JIT compiles and ~100 GEMM calls. 2026-11, H100, 32768 x 4096 x 1024: cuBLAS + bias+GELU 0.596 ms,
-    fused 0.541-0.596 ms by tile; at 18432 rows they tie; at 16384, the size timed by the handler, cuBLAS + the
-    kernel won twice (0.315 vs 0.351 ms; 0.362 vs 0.391), so the choice is measured, not assumed.
+    only: a few JIT compiles and ~100 GEMM calls. Which one wins depends on the card and the row count (they are
+    within a few percent of each other at BERT-Large's shape; benchmarks/NOTES.md), so it is measured, not
+    assumed.
     """
     unfused = TritonOps()
     if preference == "off":

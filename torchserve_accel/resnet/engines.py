@@ -10,7 +10,8 @@ An ``Engine`` maps a normalized batch ``(N, 3, H, W)`` in its input dtype and la
     tensorrt  ONNX -> TensorRT engine with one optimization profile over the buckets (backends/tensorrt.py)
 
 On a GPU, cudnn and inductor replay one CUDA graph per bucket (backends/cuda_graphs.py). ``REGISTRY.choose``
-resolves ``auto``: TensorRT where it is installed, else cudnn; eager on a CPU worker.
+resolves ``auto`` to cudnn on a GPU worker and eager on a CPU worker; TensorRT runs when asked for by name (auto
+takes only engines that have run and been measured on a GPU).
 """
 
 from __future__ import annotations
@@ -238,7 +239,7 @@ REGISTRY = Registry(
         Backend("inductor", _inductor, needs_gpu, summary="torch.compile with freezing, CUDA graphs"),
         Backend("tensorrt", _tensorrt, tensorrt.unavailable_reason, summary="TensorRT engine from ONNX"),
     ],
-    auto=("tensorrt", "cudnn", "eager"),
+    auto=("cudnn", "eager"),
 )
 CACHED_BACKENDS = ("inductor", "tensorrt")  # keep compiled artifacts in the engine cache
 

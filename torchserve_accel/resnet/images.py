@@ -3,9 +3,10 @@
 The hot path is two functions:
 
 * ``decode_images(blobs, device, limits)``: JPEGs that nvJPEG takes decode on the GPU in ONE batched call;
-  anything else (PNG, GIF, WebP, CMYK or progressive JPEG, ...) decodes per image on the CPU with PIL and
-  reaches the GPU in ONE host-to-device copy for the whole batch. A bad image becomes a ``RequestError`` in
-  its slot; the other images are unaffected.
+  anything else (PNG, GIF, WebP, CMYK or progressive JPEG, tiny images, ...) decodes per image on the CPU with PIL
+  and reaches the GPU in ONE host-to-device copy for the whole batch. Both paths turn an image as its EXIF
+  Orientation tag says (on the GPU: a flip/transpose of the decoded tensor, from the tag read in the header walk).
+  A bad image becomes a ``RequestError`` in its slot; the other images are unaffected.
 * ``resize_crop_normalize(images, spec)``: resize (shorter side, antialiased bilinear, as torchvision's
   ``Resize``), center crop and normalize, batched over images of equal size, producing the engine's input
   dtype and memory format directly. The antialiased resize is linear and separable, so for each image size it
@@ -17,13 +18,14 @@ from __future__ import annotations
 
 import functools
 import io
+import struct
 import warnings
 from dataclasses import dataclass
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import numpy as np
 import torch
-from PIL import Image, ImageSequence, UnidentifiedImageError
+from PIL import Image, ImageOps, ImageSequence, UnidentifiedImageError
 
 from torchserve_accel.serving.requests import RequestError
 
@@ -42,11 +44,14 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 class ImageLimits:
     """Refuse images before decoding them: ``max_pixels`` guards against decompression bombs; ``max_aspect_ratio``
     bounds the resize operators of one image size (their width grows with the longer side: a 40-Mpixel image
-    of 5,000,000 x 8 would need a 224 x 5,000,000 weight matrix)."""
+    of 5,000,000 x 8 would need a 224 x 5,000,000 weight matrix). Any size from 1x1 up is upscaled as torchvision's
+    ``Resize`` does."""
 
     max_pixels: int = 40_000_000
-    min_side: int = 8
     max_aspect_ratio: float = 100.0
+
+
+GPU_MIN_SIDE = 16  # smaller JPEGs decode on the CPU: cheap there, and never a reason for nvJPEG to fail a batch
 
 
 @dataclass(frozen=True)
@@ -82,16 +87,27 @@ def _sniff(blob: bytes) -> str:
 _SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # start-of-frame; C4/C8/CC are other segments
 
 
-def _jpeg_header(blob: bytes | bytearray) -> tuple[int, int, int, bool] | None:
-    """(width, height, components, progressive) from a JPEG's SOF segment, or None if it has none.
+class JpegHeader(NamedTuple):
+    width: int
+    height: int
+    components: int
+    progressive: bool
+    orientation: int  # EXIF Orientation (1 = as stored)
 
-    2026-11: walking the markers in Python takes a few microseconds; PIL's Image.open took ~100 us per image,
-    which at batch 64 cost more than the GPU decode itself.
+
+def _jpeg_header(blob: bytes | bytearray) -> JpegHeader | None:
+    """The frame header (and EXIF orientation) of a JPEG, from its markers up to the first scan; None if it has no
+    frame header. More than one frame header is refused: a decoder may honour the last one, so the first one's size
+    could hide a decompression bomb.
+
+    Walking the markers here is far cheaper than ``PIL.Image.open``, whose per-image cost at batch 64 exceeded the
+    GPU decode itself (benchmarks/NOTES.md).
     """
     pos, end = 2, len(blob)
+    frame, orientation = None, 1
     while pos + 4 <= end:
         if blob[pos] != 0xFF:
-            return None
+            break
         marker = blob[pos + 1]
         if marker == 0xFF:  # fill byte
             pos += 1
@@ -101,41 +117,81 @@ def _jpeg_header(blob: bytes | bytearray) -> tuple[int, int, int, bool] | None:
             continue
         length = (blob[pos + 2] << 8) | blob[pos + 3]
         if marker in _SOF_MARKERS:
+            if frame is not None:
+                raise RequestError(400, "JPEG has more than one frame header")
             if pos + 10 > end:
                 return None
             height = (blob[pos + 5] << 8) | blob[pos + 6]
             width = (blob[pos + 7] << 8) | blob[pos + 8]
-            return width, height, blob[pos + 9], marker in (0xC2, 0xC6, 0xCA, 0xCE)
-        if marker == 0xDA:  # start of scan before any frame header
-            return None
+            frame = (width, height, blob[pos + 9], marker in (0xC2, 0xC6, 0xCA, 0xCE))
+        elif marker == 0xE1 and blob[pos + 4 : pos + 10] == b"Exif\0\0":
+            orientation = _exif_orientation(bytes(blob[pos + 10 : pos + 2 + length]))
+        elif marker == 0xDA:  # start of scan: the frame header, if any, came before
+            break
         pos += 2 + length
-    return None
+    return JpegHeader(*frame, orientation) if frame is not None else None
 
 
-def _inspect(blob: bytes | bytearray, limits: ImageLimits) -> bool:
-    """Validate one image from its header alone; True when nvJPEG can decode it. Raises RequestError."""
+def _exif_orientation(tiff: bytes) -> int:
+    """The Orientation tag (0x0112) of an EXIF block's first IFD, 1 when absent or malformed. Read here, not through
+    PIL, for the reason ``_jpeg_header`` gives."""
+    order = {b"II": "<", b"MM": ">"}.get(tiff[:2])
+    try:
+        if order is None or struct.unpack_from(order + "H", tiff, 2)[0] != 42:
+            return 1
+        ifd = struct.unpack_from(order + "I", tiff, 4)[0]
+        for entry in range(struct.unpack_from(order + "H", tiff, ifd)[0]):
+            tag, kind, _, value = struct.unpack_from(order + "HHIH", tiff, ifd + 2 + 12 * entry)
+            if tag == 0x0112 and kind == 3:  # SHORT
+                return value if 1 <= value <= 8 else 1
+    except struct.error:
+        pass
+    return 1
+
+
+# EXIF orientation -> (transpose first, then flip these dims) on a (3, H, W) tensor: PIL's exif_transpose.
+_ORIENT = {2: (False, (-1,)), 3: (False, (-2, -1)), 4: (False, (-2,)), 5: (True, ()), 6: (True, (-1,)),
+           7: (True, (-2, -1)), 8: (True, (-2,))}
+
+
+def oriented(image: torch.Tensor, orientation: int) -> torch.Tensor:
+    """(3, H, W) turned as EXIF ``orientation`` says to display it (a view; 1 or unknown: unchanged)."""
+    if orientation not in _ORIENT:
+        return image
+    transpose, dims = _ORIENT[orientation]
+    image = image.transpose(-2, -1) if transpose else image
+    return image.flip(dims) if dims else image
+
+
+def _inspect(blob: bytes | bytearray, limits: ImageLimits) -> tuple[bool, int]:
+    """Validate one image from its header alone -> (nvJPEG can decode it, EXIF orientation). Raises RequestError."""
     kind = _sniff(blob)
     if kind == "unknown":
         raise RequestError(415, "body is not an image this model accepts (JPEG, PNG, GIF, WebP, BMP, TIFF)")
     header = _jpeg_header(blob) if kind == "jpeg" else None
     if header is not None:
-        width, height, components, progressive = header
+        width, height, components, progressive, orientation = header
     else:
         try:
             with Image.open(io.BytesIO(blob)) as img:  # parses the header only
-                (width, height), components, progressive = img.size, 4, True
+                (width, height), components, progressive, orientation = img.size, 4, True, 1
         except Image.DecompressionBombError as err:
             raise RequestError(413, f"image too large: {err}") from None
         except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
             raise RequestError(400, f"cannot read {kind} image header: {err}") from None
+    _check_size(width, height, limits)
+    # nvJPEG's batched decoder takes baseline grayscale/YCbCr JPEGs; CMYK/YCCK and progressive go to the CPU.
+    gpu_ok = kind == "jpeg" and components in (1, 3) and not progressive and min(width, height) >= GPU_MIN_SIDE
+    return gpu_ok, orientation
+
+
+def _check_size(width: int, height: int, limits: ImageLimits) -> None:
     if width * height > limits.max_pixels:
         raise RequestError(413, f"image has {width}x{height} pixels, over the limit of {limits.max_pixels}")
-    if min(width, height) < limits.min_side:
-        raise RequestError(422, f"image is {width}x{height}; both sides must be at least {limits.min_side} px")
+    if min(width, height) < 1:
+        raise RequestError(422, f"image is {width}x{height}: it has no pixels")
     if max(width, height) > limits.max_aspect_ratio * min(width, height):
         raise RequestError(422, f"image is {width}x{height}; the aspect ratio is over {limits.max_aspect_ratio:g}:1")
-    # nvJPEG's batched decoder takes baseline grayscale/YCbCr JPEGs; CMYK/YCCK and progressive go to the CPU.
-    return kind == "jpeg" and components in (1, 3) and not progressive
 
 
 def _as_tensor(blob: bytes | bytearray) -> torch.Tensor:
@@ -144,11 +200,15 @@ def _as_tensor(blob: bytes | bytearray) -> torch.Tensor:
     return torch.frombuffer(blob, dtype=torch.uint8)
 
 
-def _decode_on_cpu(blob: bytes) -> torch.Tensor:
-    """PIL decode to uint8 RGB, (3, H, W). First frame of animations; alpha dropped; 16-bit scaled to 8."""
+def _decode_on_cpu(blob: bytes, limits: ImageLimits, exif_orientation: bool) -> torch.Tensor:
+    """PIL decode to uint8 RGB, (3, H, W). First frame of animations; alpha dropped; 16-bit scaled to 8; turned as
+    its EXIF orientation says when ``exif_orientation``. The size PIL will decode is checked again first."""
     try:
         with Image.open(io.BytesIO(blob)) as img:
+            _check_size(*img.size, limits)
             frame = next(iter(ImageSequence.Iterator(img)))
+            if exif_orientation:
+                frame = ImageOps.exif_transpose(frame)
             if frame.mode.startswith("I"):
                 # 16/32-bit grayscale: scale to 8 bits (convert("RGB") would clip instead of scale).
                 wide = np.asarray(frame).astype(np.uint32)
@@ -156,6 +216,8 @@ def _decode_on_cpu(blob: bytes) -> torch.Tensor:
                 return gray.expand(3, -1, -1).contiguous()
             rgb = np.array(frame.convert("RGB"))  # writable copy
             return torch.from_numpy(rgb).permute(2, 0, 1)
+    except RequestError:
+        raise
     except Exception as err:  # truncated or corrupt data: PIL raises many types
         raise RequestError(400, f"cannot decode image: {err}") from None
 
@@ -172,21 +234,24 @@ def _to_device_once(images: list[torch.Tensor], device: torch.device) -> list[to
 
 
 def decode_images(
-    blobs: Sequence[bytes | bytearray | RequestError], device: torch.device, limits: ImageLimits = ImageLimits()
+    blobs: Sequence[bytes | bytearray | RequestError], device: torch.device, limits: ImageLimits = ImageLimits(),
+    exif_orientation: bool = True,
 ) -> list[torch.Tensor | RequestError]:
-    """Decode a batch of encoded images to uint8 RGB tensors (3, H, W) on ``device``.
+    """Decode a batch of encoded images to uint8 RGB tensors (3, H, W) on ``device`` (views, possibly flipped or
+    transposed, when ``exif_orientation`` turns them).
 
     Items that are already ``RequestError`` pass through; bad images become ``RequestError`` in their slot.
     """
     results: list[torch.Tensor | RequestError | None] = [None] * len(blobs)
     gpu_slots: list[int] = []
     cpu_slots: list[int] = []
+    orientations: dict[int, int] = {}
     for i, blob in enumerate(blobs):
         if isinstance(blob, RequestError):
             results[i] = blob
             continue
         try:
-            gpu_ok = _inspect(blob, limits)
+            gpu_ok, orientations[i] = _inspect(blob, limits)
         except RequestError as err:
             results[i] = err
             continue
@@ -197,7 +262,7 @@ def decode_images(
         try:
             decoded = decode_jpeg(encoded, mode=ImageReadMode.RGB, device=device)
             for i, img in zip(gpu_slots, decoded):
-                results[i] = img
+                results[i] = oriented(img, orientations[i]) if exif_orientation else img
         except RuntimeError as err:
             if "out of memory" in str(err):
                 # torchvision reports an allocation failure as a plain RuntimeError; the caller splits the batch.
@@ -210,7 +275,7 @@ def decode_images(
     cpu_ok_slots: list[int] = []
     for i in sorted(cpu_slots):
         try:
-            cpu_images.append(_decode_on_cpu(blobs[i]))
+            cpu_images.append(_decode_on_cpu(blobs[i], limits, exif_orientation))
             cpu_ok_slots.append(i)
         except RequestError as err:
             results[i] = err
@@ -279,7 +344,6 @@ def resize_crop_normalize(images: Sequence[torch.Tensor], spec: PreprocessSpec =
     (one GEMM over every row of every image for the width, one batched GEMM for the height), and one
     multiply-add into the output's dtype and memory format. On CUDA with an fp16 output the matmuls run in
     fp16 on tensor cores (fp32 accumulation; pixels 0..255 are exact in fp16).
-    2026-11: this replaced ``F.interpolate(antialias=True)`` on float32 copies (bench_preprocess.py has both).
     """
     if not images:
         raise ValueError("resize_crop_normalize needs at least one image")

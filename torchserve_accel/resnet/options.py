@@ -10,7 +10,8 @@ from torchserve_accel.serving.options import OptionsError, Precision
 
 @dataclass(frozen=True)
 class ResNetOptions:
-    # Engine: a name in resnet.engines.REGISTRY; auto takes TensorRT where it is installed, else cudnn; eager on CPU.
+    # Engine: a name in resnet.engines.REGISTRY; auto takes cudnn on a GPU, eager on a CPU. TensorRT runs only when
+    # asked for by name: auto picks engines that have run and been measured on a GPU, and it has not yet.
     backend: Literal["auto", "tensorrt", "cudnn", "inductor", "eager"] = "auto"
     precision: Precision = "fp16"  # on a GPU; CPU workers run fp32
     top_k: int = 5
@@ -36,6 +37,9 @@ class ResNetOptions:
     resize: int = 256
     crop: int = 224
     max_pixels: int = 40_000_000  # larger images are refused before decoding (decompression bombs)
+    # Turn images as their EXIF Orientation tag says (phone photos are often stored sideways with the tag), as
+    # PIL's exif_transpose does; images without the tag cost nothing more.
+    exif_orientation: bool = True
     cpu_threads: int = 0  # 0: leave torch's default
 
     def validate(self) -> None:

@@ -25,6 +25,7 @@ from torchserve_accel.resnet.images import ImageLimits, PreprocessSpec, decode_i
 from torchserve_accel.resnet.model import WEIGHTS_FILE, load_resnet101
 from torchserve_accel.resnet.options import ResNetOptions
 from torchserve_accel.serving.device import compute_dtype
+from torchserve_accel.serving.memory import halving_on_oom
 from torchserve_accel.serving.requests import Request, RequestError, Slots, payload_bytes
 
 log = logging.getLogger(__name__)
@@ -111,7 +112,7 @@ class ResNetRunner:
         """Encoded images (or per-request errors) -> one top-k answer (or the error) per request.
 
         A batch that runs out of GPU memory (many large images) is split in halves and retried; a single image that
-        still does not fit gets a 503 of its own. ``timings`` accumulates host seconds per stage: ``decode`` (until
+        still does not fit gets a 503 of its own (``halving_on_oom``). ``timings`` accumulates host seconds per stage: ``decode`` (until
         the decoder returns) and ``compute`` (preprocess + engine + the sync).
         """
         slots = Slots(items, lambda blob: [blob])
@@ -124,23 +125,12 @@ class ResNetRunner:
 
     def classify(self, blobs: Sequence[bytes | bytearray], timings: dict[str, float] | None = None
                  ) -> list[Answer | RequestError]:
-        try:
-            return self._classify(blobs, timings)
-        except torch.cuda.OutOfMemoryError:
-            pass
-        # Retry outside the except block: until it ends, the exception's traceback keeps the failed attempt's
-        # frames, and with them every tensor it had allocated.
-        torch.cuda.empty_cache()
-        if len(blobs) == 1:
-            return [RequestError(503, "out of GPU memory for this image; retry later or send a smaller one")]
-        log.warning("batch of %d ran out of GPU memory: splitting it and retrying", len(blobs))
-        mid = len(blobs) // 2
-        return self.classify(blobs[:mid], timings) + self.classify(blobs[mid:], timings)
+        return halving_on_oom(lambda part: self._classify(part, timings), blobs, "image")
 
     def _classify(self, blobs: Sequence[bytes | bytearray], timings: dict[str, float] | None
                   ) -> list[Answer | RequestError]:
         t0 = time.perf_counter()
-        decoded = decode_images(blobs, self.device, self.limits)
+        decoded = decode_images(blobs, self.device, self.limits, self.options.exif_orientation)
         t1 = time.perf_counter()
         ok = [i for i, item in enumerate(decoded) if isinstance(item, torch.Tensor)]
         results: list[Answer | RequestError] = list(decoded)  # errors stay in their slots

@@ -7,18 +7,29 @@ the rest of the batch answers 200.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Sequence, TypeVar
+from typing import Any, Callable, Iterable, Mapping, Sequence, TypeVar
 
 Item = TypeVar("Item")
 Part = TypeVar("Part")
 Output = TypeVar("Output")
 
 
+MAX_MESSAGE_CHARS = 300
+
+
 class RequestError(Exception):
-    """One request of a batch is bad; ``status`` is the HTTP code it gets (4xx, or 503 for a retryable failure)."""
+    """One request of a batch is bad; ``status`` is the HTTP code it gets (4xx, or 503 for a retryable failure).
+
+    TorchServe sends the message as the response's HTTP status line too, so it is kept to one line of at most
+    ``MAX_MESSAGE_CHARS`` ASCII characters, whatever client data went into it.
+    """
 
     def __init__(self, status: int, message: str):
+        message = " ".join(message.split()).encode("ascii", "backslashreplace").decode("ascii")
+        if len(message) > MAX_MESSAGE_CHARS:
+            message = message[: MAX_MESSAGE_CHARS - 3] + "..."
         super().__init__(message)
         self.status = status
         self.message = message
@@ -66,6 +77,25 @@ def request_content_type(context: Any, idx: int) -> str | None:
         if isinstance(value, str) and name.lower() == "content-type":
             return value
     return None
+
+
+def parse_json(payload: str | bytes | bytearray, hint: str) -> Any:
+    """A body that TorchServe did not parse (not sent as application/json, or malformed) -> JSON, or a 400 saying
+    what to send (``hint``). Nesting too deep for Python's parser is malformed too."""
+    try:
+        text = payload if isinstance(payload, str) else bytes(payload).decode("utf-8")
+        return json.loads(text)
+    except UnicodeDecodeError as exc:
+        raise RequestError(400, f"body is not valid UTF-8 (byte {exc.start})") from None
+    except (ValueError, RecursionError):
+        raise RequestError(400, f"body is not valid JSON; send {hint}") from None
+
+
+def describe_keys(keys: Iterable[Any], shown: int = 5) -> str:
+    """Client-chosen object keys for an error message: how many, and the first few (each cut short)."""
+    keys = sorted(str(k) for k in keys)
+    listed = ", ".join(repr(k if len(k) <= 24 else k[:21] + "...") for k in keys[:shown])
+    return f"{len(keys)} field(s): {listed}{', ...' if len(keys) > shown else ''}"
 
 
 def payload_bytes(payload: Any, what: str) -> bytes | bytearray:

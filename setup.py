@@ -2,10 +2,32 @@
 
 Installs the library ``torchserve_accel`` (what TorchServe workers import) and the command ``torchserve-accel``
 (build archives, run TorchServe, register and scale models, predict, benchmark). The TorchServe entry files stay
-in this repository's ``handlers/``; archives carry them.
+in this repository's ``handlers/`` (the user's layout); the wheel ships copies of them, the model-configs and the
+base config.properties, so ``torchserve-accel build`` works without the repository.
 """
 
+import glob
+import os
+
 from setuptools import find_packages, setup
+from setuptools.command.build_py import build_py
+
+# Repository files that `torchserve-accel build` and `start` need, shipped in the wheel under
+# torchserve_accel/tools/data/ with the same relative paths; the repository's copies stay the originals.
+TOOL_DATA = ["config.properties", "handlers/resnet_handler.py", "handlers/bert_handler.py",
+             *sorted(glob.glob("archiver_configs/*.yaml")), "benchmarks/baseline_handler/baseline_handler.py",
+             "benchmarks/baseline_handler/model-config.yaml"]
+
+
+class BuildPyWithToolData(build_py):
+    def run(self):
+        super().run()
+        if not getattr(self, "editable_mode", False):  # an editable install reads the checkout's files
+            for path in TOOL_DATA:
+                target = os.path.join(self.build_lib, "torchserve_accel", "tools", "data", path)
+                self.mkpath(os.path.dirname(target))
+                self.copy_file(path, target)
+
 
 setup(
     name="torchserve-accel",
@@ -41,4 +63,5 @@ setup(
         "bench": ["matplotlib"],
     },
     entry_points={"console_scripts": ["torchserve-accel = torchserve_accel.tools.cli:main"]},
+    cmdclass={"build_py": BuildPyWithToolData},
 )

@@ -37,9 +37,9 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from handlers.text.attention import select_attention  # noqa: E402
-from handlers.text.fused_ops import select_ops  # noqa: E402
-from handlers.text.reference import (  # noqa: E402
+from torchserve_accel.bert.attention import select_attention  # noqa: E402
+from torchserve_accel.bert.ops import select_ops  # noqa: E402
+from benchmarks.reference import (  # noqa: E402
     bert_config,
     packed_batch,
     packed_from_hf,
@@ -48,13 +48,13 @@ from handlers.text.reference import (  # noqa: E402
     random_sequences,
     scenario_lengths,
 )
-from scripts.smi import SmiStream  # noqa: E402
+from torchserve_accel.tools.gpu import GpuSampler  # noqa: E402
 
 TINY = dict(vocab_size=3000, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128)
 SCENARIOS = ("fixed128x256", "mixed16-128x256", "fixed384x64")
 TARGET_SEQ_PER_S = {"fixed128x256": 7000.0, "fixed384x64": 2200.0}
 TARGET_SPEEDUP = {"mixed16-128x256": 2.5}  # x hf-fp16-sdpa, same run
-SMI_FIELDS = "clocks.sm,clocks.max.sm,power.draw,power.limit,clocks_throttle_reasons.active"
+CARD_FIELDS = ("sm_mhz", "max_sm_mhz", "power_w", "power_limit_w", "throttle")  # torchserve_accel.tools.gpu.FIELDS
 
 
 def log(msg: str) -> None:
@@ -62,22 +62,6 @@ def log(msg: str) -> None:
 
 
 # ------------------------------------------------------------------------------------------ card state
-
-
-def parse_smi_line(line: str) -> dict | None:
-    """One ``nvidia-smi --query-gpu=SMI_FIELDS --format=csv,noheader,nounits`` line -> a sample, or None."""
-    return card_sample([f.strip() for f in line.split(",")])
-
-
-def card_sample(fields: list[str]) -> dict | None:
-    """The fields of one such line -> a sample, or None."""
-    if len(fields) != 5:
-        return None
-    try:
-        return {"sm_mhz": float(fields[0]), "max_sm_mhz": float(fields[1]), "power_w": float(fields[2]),
-                "power_limit_w": float(fields[3]), "throttle": fields[4]}
-    except ValueError:
-        return None
 
 
 def summarize_samples(samples: list[dict]) -> dict | None:
@@ -96,12 +80,12 @@ def summarize_samples(samples: list[dict]) -> dict | None:
             "samples": len(steady)}
 
 
-class CardSampler(SmiStream):
+class CardSampler(GpuSampler):
     """SM clock, power and throttle reasons every ``interval_ms`` while the block runs (``summary`` None without
-    nvidia-smi)."""
+    NVML or nvidia-smi)."""
 
     def __init__(self, gpu_index: int = 0, interval_ms: int = 100):
-        super().__init__(SMI_FIELDS, card_sample, interval_ms, extra_args=[f"--id={gpu_index}"])
+        super().__init__(CARD_FIELDS, interval_ms, indices=[gpu_index])
         self.summary: dict | None = None
 
     def __exit__(self, *exc: object) -> None:
@@ -220,7 +204,7 @@ def main() -> int:
     ours = packed_from_hf(hf, head="classify", attention=attention, ops=ops)
     fused_ops = None
     if device.type == "cuda":
-        from handlers.text.triton_gemm import FusedGemmOps, unavailable_reason
+        from torchserve_accel.bert.triton_gemm import FusedGemmOps, unavailable_reason
 
         weight = ours.layers[0].ffn_in.weight
         if ops.name == "triton" and unavailable_reason(device, dtype, weight.shape[1], weight.shape[0]) is None:

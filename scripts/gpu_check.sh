@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One entry point for everything a GPU machine must check: correctness and speed of the fast paths.
-# Usage: scripts/gpu_check.sh [resnet|preprocess|bert|bert-profile|bert-floor|oom]...   (no argument: resnet, preprocess, bert)
+# Usage: scripts/gpu_check.sh [tests|resnet|preprocess|bert|bert-profile|bert-floor|oom]...
+#        (no argument: tests, resnet, preprocess, bert; tests: the gpu-marked tests of the model code, pass/fail)
 # Results (JSON + logs) go under $OUT (default ./gpu_out); a short table is printed last.
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -11,11 +12,14 @@ export PYTHONUNBUFFERED=1 PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 python3 -c 'import torch, torchvision, transformers; print("torch", torch.__version__, "torchvision", torchvision.__version__, "transformers", transformers.__version__)' | tee -a "$OUT/gpu.txt"
 sections=("$@")
-[ ${#sections[@]} -eq 0 ] && sections=(resnet preprocess bert)
+[ ${#sections[@]} -eq 0 ] && sections=(tests resnet preprocess bert)
 status=0
 for section in "${sections[@]}"; do
   echo "=== $section"
   case "$section" in
+    tests)  python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_images.py tests/test_resnet.py \
+              tests/test_resnet_handler.py tests/test_bert_handler.py tests/test_text_gpu.py tests/test_text_tensorrt.py \
+              2>&1 | tee "$OUT/gpu_tests.log" || status=1 ;;
     resnet) python3 benchmarks/bench_resnet.py --out "$OUT/resnet.json" 2>&1 | tee "$OUT/resnet.log" || status=1 ;;
     preprocess) python3 benchmarks/bench_preprocess.py --out "$OUT/preprocess.json" 2>&1 | tee "$OUT/preprocess.log" || status=1 ;;
     bert)   python3 benchmarks/bench_bert.py --out "$OUT/bert.json" 2>&1 | tee "$OUT/bert.log" || status=1 ;;

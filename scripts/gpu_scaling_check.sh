@@ -6,8 +6,8 @@
 #
 #   OUT=gpu_out bash scripts/gpu_scaling_check.sh          # TorchServe + Java importable (benchmarks/BENCHMARKS.md)
 # Knobs: GPUS (default: all, from nvidia-smi), WORKERS_PER_GPU (6), BS (64), DELAY (20), WARMUP (5), DURATION (15),
-# PROCS (load processes, 8: the clients used ~13% of a core each at 19.6k req/s), MPS (0 (default) | 1 | auto:
-# workers under an NVIDIA MPS daemon, tsctl.py start --mps), CONC_PER_SLOT (in flight per batch slot of the workers, 1.5), SET (model-config
+# PROCS (load processes, 8), MPS (0 (default) | 1 | auto:
+# workers under an NVIDIA MPS daemon, torchserve-accel start --mps), CONC_PER_SLOT (in flight per batch slot of the workers, 1.5), SET (model-config
 # changes for the archive, e.g. "handler.blocking_sync=true"; several separated by spaces).
 # A CPU dry run: GPUS=2 WORKERS_PER_GPU=1 BS=4 DURATION=5 PROCS=2.
 set -uo pipefail
@@ -28,11 +28,12 @@ SET_FLAGS=()
 for change in ${SET:-}; do SET_FLAGS+=(--set "$change"); done
 export PYTHONUNBUFFERED=1 PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/scaling.XXXXXX")
+TSA=("$PY" -m torchserve_accel)  # the checkout is on PYTHONPATH: no install needed
 
 main() {
   ((GPUS >= 1)) || { echo "no GPU found (set GPUS=N for a dry run)"; return 1; }
   nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null
-  timeout 300 "$PY" scripts/sweep.py archives "$WORK/store" resnet101 "${SET_FLAGS[@]}" || return 1
+  timeout 300 "${TSA[@]}" sweep archives "$WORK/store" resnet101 "${SET_FLAGS[@]}" || return 1
   local counts=(1) g
   ((GPUS > 1)) && counts+=("$GPUS")
   for g in "${counts[@]}"; do
@@ -40,14 +41,14 @@ main() {
     local conc
     conc=$(awk -v w="$workers" -v b="$BS" -v c="$CONC_PER_SLOT" 'BEGIN { printf "%d", w * b * c }')
     echo "=== $g GPU(s): $workers workers, batch $BS, delay $DELAY ms, $conc in flight${MPS:+, MPS ${MPS}}${SET:+, $SET}"
-    CUDA_VISIBLE_DEVICES=$(seq -s, 0 $((g - 1))) timeout 150 "$PY" scripts/tsctl.py --run-dir "$run" start \
+    CUDA_VISIBLE_DEVICES=$(seq -s, 0 $((g - 1))) timeout 150 "${TSA[@]}" --run-dir "$run" start \
       --model-store "$WORK/store" --ports free --timeout 120 "${MPS_FLAG[@]}" || return 1
-    timeout 600 "$PY" scripts/sweep.py --run-dir "$run" up resnet101 "$workers" --batch-size "$BS" \
+    timeout 600 "${TSA[@]}" sweep --run-dir "$run" up resnet101 "$workers" --batch-size "$BS" \
         --max-batch-delay "$DELAY" --timeout 290 \
-      && timeout $((WARMUP + DURATION + 120)) "$PY" scripts/loadgen.py --run-dir "$run" resnet101 \
+      && timeout $((WARMUP + DURATION + 120)) "${TSA[@]}" bench --run-dir "$run" resnet101 \
         --concurrency "$conc" --processes "$procs" --warmup "$WARMUP" --duration "$DURATION" \
         --label "resnet101-${g}gpu" --out "$WORK/results/resnet101-${g}gpu.json"
-    timeout 60 "$PY" scripts/tsctl.py --run-dir "$run" stop --timeout 30
+    timeout 60 "${TSA[@]}" --run-dir "$run" stop --timeout 30
   done
   "$PY" - "$WORK/results" "$OUT/scaling.json" "${counts[@]}" <<'PY'
 import json, pathlib, sys

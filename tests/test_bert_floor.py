@@ -1,4 +1,5 @@
-"""benchmarks/bert_floor.py: the card-state parsing, the target arithmetic, and a tiny CPU run of the whole script."""
+"""benchmarks/bert_floor.py: the card-state summary, the target arithmetic, and a tiny CPU run of the whole script
+(the card's samples themselves come from torchserve_accel.tools.gpu: tests/test_tools_gpu.py)."""
 
 from __future__ import annotations
 
@@ -14,14 +15,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 import bert_floor  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def test_parse_smi_line():
-    sample = bert_floor.parse_smi_line("1504, 1980, 692.12, 700.00, 0x0000000000000004\n")
-    assert sample == {"sm_mhz": 1504.0, "max_sm_mhz": 1980.0, "power_w": 692.12, "power_limit_w": 700.0,
-                      "throttle": "0x0000000000000004"}
-    assert bert_floor.parse_smi_line("[N/A], 1980, 692.12, 700.00, 0x0") is None
-    assert bert_floor.parse_smi_line("1504, 1980") is None
 
 
 def test_summary_drops_the_ramp_up_and_flags_the_power_cap():

@@ -274,7 +274,7 @@ def test_model_store_is_shared_read_only_and_engine_cache_is_a_shared_volume():
     cache = volumes(spec)["engine-cache"]["persistentVolumeClaim"]
     assert claims[cache["claimName"]]["spec"]["accessModes"] == ["ReadWriteMany"]
     ts = torchserve_container(spec)
-    # handlers.vision.engine_cache.default_cache_root(): $XDG_CACHE_HOME/torchserve-accel/engines
+    # torchserve_accel.backends.engine_cache.default_cache_root(): $XDG_CACHE_HOME/torchserve-accel/engines
     assert env_of(ts)["XDG_CACHE_HOME"] == mounts(ts)["engine-cache"]["mountPath"]
     options = yaml.safe_load((REPO / "archiver_configs" / "resnet101.yaml").read_text())["handler"]
     assert options["engine_cache_dir"] == ""  # an explicit directory in the archive would bypass the volume

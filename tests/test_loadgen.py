@@ -1,6 +1,6 @@
-"""Unit tests of the load generator's maths and parsers (scripts/loadgen.py) and the sweep's reports
-(scripts/sweep.py): percentiles and window summaries, Prometheus text, HTTP response heads, payloads, the
-keep-alive client against a tiny local server, best-point choice and combined reports. Fast, no TorchServe."""
+"""Unit tests of the load generator's maths and parsers (torchserve_accel/tools/loadgen/) and the sweep's reports
+(tools/sweep.py): percentiles and window summaries, Prometheus text, HTTP response heads, payloads, the keep-alive
+client against a tiny local server, best-point choice and combined reports. Fast, no TorchServe."""
 
 from __future__ import annotations
 
@@ -9,12 +9,14 @@ import io
 import json
 import random
 
-from pathlib import Path
-
 import pytest
 
-from scripts import loadgen, sweep
-from scripts.loadgen import Records, Sample, parse_prometheus, percentile
+from torchserve_accel.tools import sweep
+from torchserve_accel.tools.launch import free_ports
+from torchserve_accel.tools.loadgen import driver, http, payloads, probes, stats
+from torchserve_accel.tools.loadgen.stats import Records, percentile
+from torchserve_accel.tools.prometheus import Sample, metric_sum
+from torchserve_accel.tools.prometheus import parse_samples as parse_prometheus
 
 
 # ---------------------------------------------------------------------------------------------- statistics
@@ -32,10 +34,10 @@ def test_percentile_matches_linear_interpolation():
 
 
 def test_latency_summary_in_milliseconds():
-    summary = loadgen.latency_summary([0.010, 0.020, 0.030, 0.040, 0.100])
+    summary = stats.latency_summary([0.010, 0.020, 0.030, 0.040, 0.100])
     assert summary == {"count": 5, "mean": 40.0, "p50": 30.0, "p90": pytest.approx(76.0), "p99": pytest.approx(97.6),
                        "max": 100.0}
-    assert loadgen.latency_summary([]) == {"count": 0, "mean": None, "p50": None, "p90": None, "p99": None,
+    assert stats.latency_summary([]) == {"count": 0, "mean": None, "p50": None, "p90": None, "p99": None,
                                            "max": None}
 
 
@@ -51,11 +53,11 @@ def test_summarize_counts_completions_for_throughput_and_starts_for_latency():
         (9.0, 1.5, 200),   # started in warm-up, completed in the window: throughput only
         (10.0, 0.5, 200),  # inside
         (11.0, 0.2, 503),  # inside, an error
-        (12.0, 0.1, loadgen.STATUS_TIMEOUT),
+        (12.0, 0.1, stats.STATUS_TIMEOUT),
         (13.5, 1.0, 200),  # started inside, completed after: latency only
         (15.0, 0.1, 200),  # after the window: nothing
     ]
-    s = loadgen.summarize(_records(rows), 10.0, 14.0)
+    s = stats.summarize(_records(rows), 10.0, 14.0)
     assert s["window_s"] == 4.0
     assert s["completed"] == 4 and s["throughput_rps"] == 1.0  # 10.5, 10.5, 11.2, 12.1
     assert s["ok_rps"] == 0.5
@@ -68,13 +70,13 @@ def test_summarize_counts_completions_for_throughput_and_starts_for_latency():
 
 def test_summarize_refuses_an_empty_window():
     with pytest.raises(ValueError, match="empty measurement window"):
-        loadgen.summarize(Records(), 5.0, 5.0)
+        stats.summarize(Records(), 5.0, 5.0)
 
 
 def test_split_spreads_the_remainder():
-    assert loadgen.split(10, 4) == [3, 3, 2, 2]
-    assert loadgen.split(3, 4) == [1, 1, 1, 0]
-    assert sum(loadgen.split(1023, 8)) == 1023
+    assert stats.split(10, 4) == [3, 3, 2, 2]
+    assert stats.split(3, 4) == [1, 1, 1, 0]
+    assert sum(stats.split(1023, 8)) == 1023
 
 
 # ---------------------------------------------------------------------------------------------- Prometheus
@@ -97,13 +99,19 @@ WorkerThreadTime{Level="Host",Hostname="gpu-1",} 1.0
 def test_parse_prometheus_torchserve_text():
     samples = parse_prometheus(TORCHSERVE_METRICS)
     assert len(samples) == 6
-    assert samples[0] == Sample("HandlerBatches", {"ModelName": "resnet101", "Level": "Model", "Hostname": "gpu-1"},
-                                918.0)
-    assert loadgen.metric_sum(samples, "HandlerBatches") == 921.0
-    assert loadgen.metric_sum(samples, "HandlerBatches", ModelName="resnet101") == 918.0
-    assert loadgen.metric_sum(samples, "HandlerBatches", ModelName="nope") is None
-    assert loadgen.metric_sum(samples, "ts_queue_latency_microseconds", model_name="resnet101") == 2.5e7
-    assert loadgen.metric_sum(samples, "Missing") is None
+    # prometheus_client names a counter's samples NAME_total; metric_sum finds them under NAME
+    assert samples[0] == Sample("HandlerBatches_total",
+                                {"ModelName": "resnet101", "Level": "Model", "Hostname": "gpu-1"}, 918.0)
+    assert metric_sum(samples, "HandlerBatches") == 921.0
+    assert metric_sum(samples, "HandlerBatches", ModelName="resnet101") == 918.0
+    assert metric_sum(samples, "HandlerBatches", ModelName="nope") is None
+    assert metric_sum(samples, "ts_inference_requests_total", model_name="resnet101") == 7331.0
+    assert metric_sum(samples, "ts_queue_latency_microseconds", model_name="resnet101") == 2.5e7
+    assert metric_sum(samples, "Missing") is None
+    from torchserve_accel.tools.prometheus import metric_total
+
+    assert metric_total(TORCHSERVE_METRICS, "HandlerBatchedRequests", ModelName="resnet101") == 7344.0
+    assert metric_total(TORCHSERVE_METRICS, "Missing") == 0.0
 
 
 def test_parse_prometheus_edge_cases():
@@ -112,8 +120,6 @@ def test_parse_prometheus_edge_cases():
         "b NaN\n"
         "c{} +Inf\n"
         "  d_seconds  -1.5e-3  \n"
-        "this is not a sample\n"
-        "e{broken 1\n"
     )
     samples = {s.name: s for s in parse_prometheus(text)}
     assert samples["a_total"].labels == {"path": "C:\\dir", "quote": 'say "hi"', "nl": "x\ny"}
@@ -121,25 +127,37 @@ def test_parse_prometheus_edge_cases():
     assert samples["b"].value != samples["b"].value  # NaN
     assert samples["c"].value == float("inf") and samples["c"].labels == {}
     assert samples["d_seconds"].value == -1.5e-3
-    assert "e" not in samples
     # counters exported as NAME_total are found under NAME
-    assert loadgen.metric_sum(parse_prometheus(text), "a") == 3.0
+    assert metric_sum(parse_prometheus(text), "a") == 3.0
+    for broken in ("this is not a sample\n", "e{broken 1\n"):
+        with pytest.raises(ValueError):
+            parse_prometheus(broken)
+
+
+def test_an_unreadable_metrics_endpoint_leaves_the_server_figures_empty():
+    class Broken:
+        def metrics(self):
+            return "<html>not metrics</html>"
+
+    assert probes.scrape(Broken()) is None
+    assert probes.counter_deltas(None, parse_prometheus(TORCHSERVE_METRICS), "resnet101") == {
+        "mean_batch_size": None, "note": "metrics endpoint not readable"}
 
 
 def test_counter_deltas_give_the_mean_batch_size():
     before = parse_prometheus(TORCHSERVE_METRICS)
     after = parse_prometheus(TORCHSERVE_METRICS.replace("918.0", "1018.0").replace("7344.0", "13744.0")
                              .replace("7331.0", "13731.0").replace("2.5e+07", "3.14e+07"))
-    deltas = loadgen.counter_deltas(before, after, "resnet101")
+    deltas = probes.counter_deltas(before, after, "resnet101")
     assert deltas["handler_batches"] == 100 and deltas["handler_batched_requests"] == 6400
     assert deltas["mean_batch_size"] == 64.0
     assert deltas["server_requests"] == 6400 and deltas["mean_queue_ms"] == 1.0
     assert deltas["mean_server_latency_ms"] is None  # not in the text
     # counters that first appear during the run count from zero
-    assert loadgen.counter_deltas([], after, "resnet101")["mean_batch_size"] == pytest.approx(13744 / 1018, abs=1e-3)
-    assert loadgen.counter_deltas(before, after, "other")["mean_batch_size"] is None
-    assert "note" in loadgen.counter_deltas(before, after, "other")
-    assert loadgen.counter_deltas(None, after, "resnet101")["mean_batch_size"] is None
+    assert probes.counter_deltas([], after, "resnet101")["mean_batch_size"] == pytest.approx(13744 / 1018, abs=1e-3)
+    assert probes.counter_deltas(before, after, "other")["mean_batch_size"] is None
+    assert "note" in probes.counter_deltas(before, after, "other")
+    assert probes.counter_deltas(None, after, "resnet101")["mean_batch_size"] is None
 
 
 def test_counter_deltas_give_the_handler_stage_times_per_batch():
@@ -149,11 +167,11 @@ def test_counter_deltas_give_the_handler_stage_times_per_batch():
     before = parse_prometheus(TORCHSERVE_METRICS + stages)
     after = parse_prometheus((TORCHSERVE_METRICS + stages).replace("918.0", "1018.0").replace("5000.0", "6200.0")
                              .replace("7000.0", "8500.0").replace("13000.0", "15800.0"))
-    deltas = loadgen.counter_deltas(before, after, "resnet101")
+    deltas = probes.counter_deltas(before, after, "resnet101")
     assert deltas["handler_ms_per_batch"] == {"decode": 12.0, "compute": 15.0, "total": 28.0}
-    assert "handler_ms_per_batch" not in loadgen.counter_deltas(parse_prometheus(TORCHSERVE_METRICS),
-                                                                parse_prometheus(TORCHSERVE_METRICS), "resnet101")
-    line = loadgen._stages_text(deltas)
+    assert "handler_ms_per_batch" not in probes.counter_deltas(parse_prometheus(TORCHSERVE_METRICS),
+                                                               parse_prometheus(TORCHSERVE_METRICS), "resnet101")
+    line = driver.stages_text(deltas)
     assert "decode 12.0 compute 15.0 total 28.0" in line
 
 
@@ -163,20 +181,28 @@ def test_host_cpu_summary_from_two_snapshots():
     after = {"t": 110.0, "total": 1160.0, "idle": 680.0,  # 16 cores x 10 s; 80 of 160 CPU-s idle
              "procs": {"10": ("frontend", 80.0), "11": ("worker", 29.0), "12": ("worker", 35.0),
                        "13": ("worker", 5.0)}}  # 13 started inside the window: no baseline, left out
-    summary = loadgen.HostCpu.summary(before, after)
+    summary = probes.HostCpu.summary(before, after)
     assert summary["host_busy"] == 0.5
     assert summary["frontend_cores"] == 3.0
     assert summary["worker_cores"] == [0.9, 0.5]
-    assert loadgen.HostCpu.summary(None, after) is None
-    assert loadgen.HostCpu.summary(after, before) is None  # time must move forward
-    assert "host CPU 50% of" in loadgen._host_cpu_text(summary)
+    assert probes.HostCpu.summary(None, after) is None
+    assert probes.HostCpu.summary(after, before) is None  # time must move forward
+    assert "host CPU 50% of" in driver.host_cpu_text(summary)
 
 
-@pytest.mark.skipif(not Path("/proc/stat").exists(), reason="/proc is Linux only")
-def test_host_cpu_snapshot_reads_proc():
-    snap = loadgen.HostCpu().snapshot()
+def test_host_cpu_snapshot_finds_torchserve_processes(tmp_path):
+    """A process whose command line carries the worker mark is counted as a worker (psutil reads it)."""
+    import subprocess
+    import sys
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", probes.HostCpu.WORKER_MARK])
+    try:
+        snap = probes.HostCpu.snapshot()
+    finally:
+        child.kill()
+        child.wait()
     assert snap["total"] > 0 and 0 <= snap["idle"] <= snap["total"]
-    assert isinstance(snap["procs"], dict)
+    assert snap["procs"][str(child.pid)][0] == "worker"
 
 
 # ---------------------------------------------------------------------------------------------- HTTP
@@ -185,26 +211,26 @@ def test_host_cpu_snapshot_reads_proc():
 def test_parse_response_head():
     head = (b"HTTP/1.1 200 \r\ncontent-type: application/json\r\ncontent-length: 43\r\n"
             b"connection: keep-alive\r\n\r\n")
-    assert loadgen.parse_response_head(head) == (200, 43, False, False)
+    assert http.parse_response_head(head) == (200, 43, False, False)
     head = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 5\r\nConnection: close\r\n\r\n"
-    assert loadgen.parse_response_head(head) == (503, 5, False, True)
+    assert http.parse_response_head(head) == (503, 5, False, True)
     head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
-    assert loadgen.parse_response_head(head) == (200, None, True, False)
-    assert loadgen.parse_response_head(b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n")[3] is True
+    assert http.parse_response_head(head) == (200, None, True, False)
+    assert http.parse_response_head(b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n")[3] is True
     with pytest.raises(ValueError):
-        loadgen.parse_response_head(b"garbage\r\n\r\n")
+        http.parse_response_head(b"garbage\r\n\r\n")
 
 
 def test_raw_request_is_a_complete_post():
-    payload = loadgen.Payload(b"\x00\x01body", "image/jpeg")
-    raw = loadgen.raw_request("127.0.0.1", 8080, "/predictions/m", "KEY", payload)
+    payload = payloads.Payload(b"\x00\x01body", "image/jpeg")
+    raw = http.raw_request("127.0.0.1", 8080, "/predictions/m", "KEY", payload)
     head, body = raw.split(b"\r\n\r\n", 1)
     lines = head.decode().split("\r\n")
     assert lines[0] == "POST /predictions/m HTTP/1.1"
     assert "Content-Length: 6" in lines and "Content-Type: image/jpeg" in lines
     assert "Authorization: Bearer KEY" in lines
     assert body == b"\x00\x01body"
-    assert b"Authorization" not in loadgen.raw_request("127.0.0.1", 8080, "/p", None, payload)
+    assert b"Authorization" not in http.raw_request("127.0.0.1", 8080, "/p", None, payload)
 
 
 def test_connection_handles_keep_alive_chunked_close_and_timeouts():
@@ -240,8 +266,8 @@ def test_connection_handles_keep_alive_chunked_close_and_timeouts():
     async def scenario():
         server = await asyncio.start_server(serve, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
-        conn = loadgen.Connection("127.0.0.1", port)
-        raw = loadgen.raw_request("127.0.0.1", port, "/p", "k", loadgen.Payload(b"xyz", "text/plain"))
+        conn = http.Connection("127.0.0.1", port)
+        raw = http.raw_request("127.0.0.1", port, "/p", "k", payloads.Payload(b"xyz", "text/plain"))
         statuses = [await conn.send(raw, 5.0), await conn.send(raw, 5.0), await conn.send(raw, 5.0)]
         after_close = conn.writer
         timed_out = await conn.send(raw, 0.3)
@@ -251,71 +277,85 @@ def test_connection_handles_keep_alive_chunked_close_and_timeouts():
     statuses, after_close, timed_out = asyncio.run(scenario())
     assert statuses == [200, 200, 404]
     assert after_close is None  # the server said close: dropped, reconnects on next use
-    assert timed_out == loadgen.STATUS_TIMEOUT
+    assert timed_out == stats.STATUS_TIMEOUT
     assert len(connections) == 2  # keep-alive: the first three requests shared one connection
 
 
 def test_connection_error_when_nothing_listens():
-    from scripts.tsctl import free_ports
-
     async def scenario():
-        conn = loadgen.Connection("127.0.0.1", free_ports(1)[0])
+        conn = http.Connection("127.0.0.1", free_ports(1)[0])
         return await conn.send(b"POST / HTTP/1.1\r\n\r\n", 2.0)
 
-    assert asyncio.run(scenario()) == loadgen.STATUS_CONNECTION
-    assert loadgen.status_name(loadgen.STATUS_CONNECTION) == "connection_error"
+    assert asyncio.run(scenario()) == stats.STATUS_CONNECTION
+    assert stats.status_name(stats.STATUS_CONNECTION) == "connection_error"
 
 
 # ---------------------------------------------------------------------------------------------- payloads
 
 
 def test_text_payloads_spread_lengths_within_128_tokens():
-    payloads = loadgen.text_payloads(200, seed=1)
-    assert payloads == loadgen.text_payloads(200, seed=1)  # deterministic
-    texts = [json.loads(p.body)["text"] for p in payloads]
-    assert all(p.content_type == "application/json" for p in payloads)
+    texts_ = payloads.text_payloads(200, seed=1)
+    assert texts_ == payloads.text_payloads(200, seed=1)  # deterministic
+    texts = [json.loads(p.body)["text"] for p in texts_]
+    assert all(p.content_type == "application/json" for p in texts_)
     words = [len(t.split()) for t in texts]
     assert min(words) <= 15 and max(words) >= 85  # mixed lengths, not one size
-    assert max(loadgen.approx_tokens(t) for t in texts) <= 124
+    assert max(payloads.approx_tokens(t) for t in texts) <= 124
     assert all(t[0].isupper() and t.endswith(".") for t in texts)
 
 
 def test_photo_like_jpeg_is_imagenet_sized():
     from PIL import Image
 
-    data = loadgen.photo_like_jpeg(3)
+    data = payloads.photo_like_jpeg(3)
     assert 55_000 < len(data) < 100_000  # real 500x375 q90 photos are ~60-100 KB
     image = Image.open(io.BytesIO(data))
     assert image.format == "JPEG" and image.size == (500, 375)
-    assert loadgen.photo_like_jpeg(3) == data
+    assert payloads.photo_like_jpeg(3) == data
 
 
 def test_folder_payloads(tmp_path):
     (tmp_path / "b.png").write_bytes(b"png")
     (tmp_path / "a.JPG").write_bytes(b"jpg")
     (tmp_path / "notes.txt").write_text("skip me")
-    payloads = loadgen.folder_payloads(tmp_path)
-    assert [(p.name, p.content_type) for p in payloads] == [("a.JPG", "image/jpeg"), ("b.png", "image/png")]
-    assert [p.name for p in loadgen.folder_payloads(tmp_path, limit=1)] == ["a.JPG"]
+    found = payloads.folder_payloads(tmp_path)
+    assert [(p.name, p.content_type) for p in found] == [("a.JPG", "image/jpeg"), ("b.png", "image/png")]
+    assert [p.name for p in payloads.folder_payloads(tmp_path, limit=1)] == ["a.JPG"]
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(ValueError, match="no image files"):
-        loadgen.folder_payloads(empty)
+        payloads.folder_payloads(empty)
 
 
-def test_gpu_sampler_is_null_without_nvidia_smi(monkeypatch):
-    monkeypatch.setattr(loadgen.shutil, "which", lambda name: None)
-    with loadgen.GpuSampler() as sampler:
+def test_build_payloads_picks_texts_for_bert_and_images_otherwise(tmp_path):
+    texts, desc = payloads.build_payloads("bert_large", texts=None, seed=2)
+    assert len(texts) == 256 and desc["kind"] == "text" and desc["words"] == [4, 100]
+    assert desc["approx_tokens"]["max"] <= 124 and desc["bytes"]["min"] > 0
+    images, desc = payloads.build_payloads("resnet101", images=3)
+    assert len(images) == 3 and desc == {"kind": "images", "source": "synthetic 500x375 JPEG q90 with grain",
+                                         "count": 3, "bytes": desc["bytes"]}
+    (tmp_path / "x.png").write_bytes(b"png")
+    folder, desc = payloads.build_payloads("bert_large", image_dir=tmp_path)  # a folder wins over the name
+    assert [p.name for p in folder] == ["x.png"] and desc["source"] == str(tmp_path)
+
+
+def test_gpu_utilization_is_null_without_a_gpu(monkeypatch):
+    from torchserve_accel.tools import gpu
+
+    monkeypatch.setattr(gpu.Nvml, "open", classmethod(lambda cls: None))
+    monkeypatch.setattr(gpu.shutil, "which", lambda name: None)
+    with probes.GpuUtilization() as sampler:
         pass
     assert sampler.summary(0, 1e9) is None
-    assert loadgen.describe_card().startswith("CPU only")
+    assert probes.describe_card().startswith("CPU only")
 
 
-def test_gpu_sampler_summary_over_the_window():
-    sampler = loadgen.GpuSampler()
+def test_gpu_utilization_summary_over_the_window():
+    sampler = probes.GpuUtilization()
     sampler.available = True
-    sampler.samples = [(1.0, 0, 10.0, 100.0), (2.0, 0, 90.0, 200.0), (3.0, 0, 100.0, 300.0), (2.5, 1, 50.0, 10.0),
-                       (9.0, 0, 0.0, 0.0)]
+    sampler.samples = [{"t": t, "index": i, "util": u, "memory_mib": m} for t, i, u, m in
+                       [(1.0, 0, 10.0, 100.0), (2.0, 0, 90.0, 200.0), (3.0, 0, 100.0, 300.0), (2.5, 1, 50.0, 10.0),
+                        (9.0, 0, 0.0, 0.0)]]
     summary = sampler.summary(1.5, 3.5)
     assert summary["per_gpu"]["0"] == {"util_mean": 95.0, "util_p50": 95.0, "memory_max_mib": 300.0, "samples": 2}
     assert summary["util_mean"] == 72.5
@@ -325,7 +365,7 @@ def test_gpu_sampler_summary_over_the_window():
 
 
 def _document(label, ok_rps, p99, errors=None, workers=1, rate=None):
-    return {"schema": loadgen.SCHEMA, "label": label, "card": "1x NVIDIA H100", "versions": {"torch": "x"},
+    return {"schema": driver.SCHEMA, "label": label, "card": "1x NVIDIA H100", "versions": {"torch": "x"},
             "config": {"model": "resnet101", "mode": "open" if rate else "closed",
                        "load": {"concurrency": 64, "rate": rate},
                        "server": {"batchSize": 64, "maxBatchDelay": 5, "workers": workers}},
@@ -377,7 +417,7 @@ def test_combine_ratios_and_table(tmp_path):
 
 def test_plot_results_writes_pngs(tmp_path):
     pytest.importorskip("matplotlib")
-    from scripts import plot_results
+    from torchserve_accel.tools import plot as plot_results
 
     results = tmp_path / "results"
     results.mkdir()

@@ -1,4 +1,4 @@
-"""scripts/loadgen.py and scripts/sweep.py against a real TorchServe serving the echo test handler
+"""The load generator (``torchserve-accel bench``) and the sweep against a real TorchServe serving the echo test handler
 (tests/integration/echo_handler.py): closed loop through the CLI (JSON written), open loop with per-request
 4xx counted by status, and a two-point sweep. Loopback only, free ports, about 20-30 s on 2 cores."""
 
@@ -8,8 +8,9 @@ import json
 
 import pytest
 
-from scripts import loadgen, sweep
-from scripts.tsctl import find_java_home
+from torchserve_accel.tools import loadgen, sweep
+from torchserve_accel.tools.cli import main
+from torchserve_accel.tools.launch import find_java_home
 from tests.integration.serving import build_echo_archive, running_torchserve
 
 pytestmark = pytest.mark.integration
@@ -28,14 +29,14 @@ def echo(tmp_path_factory):
 
 def test_closed_loop_cli_writes_every_figure(echo, tmp_path):
     out = tmp_path / "closed.json"
-    rc = loadgen.main(["echo", "--run-dir", str(echo.run_dir), "--images", "8", "--concurrency", "16",
+    rc = main(["bench", "echo", "--run-dir", str(echo.run_dir), "--images", "8", "--concurrency", "16",
                        "--processes", "2", "--warmup", "1", "--duration", "3", "--label", "echo-closed",
                        "--out", str(out)])
     assert rc == 0
     document = json.loads(out.read_text())
     assert document["schema"] == loadgen.SCHEMA and document["label"] == "echo-closed"
     assert document["card"] and document["versions"]["torchserve"] == "0.12.0"
-    assert "--concurrency" in document["command"]
+    assert document["command"][:3] == ["torchserve-accel", "bench", "echo"] and "--concurrency" in document["command"]
     assert document["config"]["server"]["batchSize"] == BATCH and document["config"]["server"]["workers_ready"] == 1
     assert document["config"]["payload"]["kind"] == "images"
     assert 55_000 < document["config"]["payload"]["bytes"]["mean"] < 100_000
@@ -84,13 +85,14 @@ def test_two_point_sweep(echo, tmp_path):
 
 
 def test_up_registers_with_batching_and_scales(echo):
-    """``sweep.py up``: what the GPU scripts run to bring a model up (register, first worker, scale)."""
-    argv = ["--run-dir", str(echo.run_dir), "up", "echo_up", "2", "--archive", "echo.mar", "--batch-size", "3",
+    """``sweep up``: what the GPU scripts run to bring a model up (register, first worker, scale)."""
+    argv = ["sweep", "--run-dir", str(echo.run_dir), "up", "echo_up", "2", "--archive", "echo.mar", "--batch-size", "3",
             "--max-batch-delay", "7", "--timeout", "60"]
     try:
-        assert sweep.main(argv) == 0
+        assert main(argv) == 0
         description = echo.describe("echo_up")
         assert (description["batchSize"], description["maxBatchDelay"]) == (3, 7)
         assert [w["status"] for w in description["workers"]] == ["READY", "READY"]
+        assert main(["sweep", "wait", "echo_up", "--workers", "2", "--run-dir", str(echo.run_dir)]) == 0
     finally:
         sweep.unregister_and_wait(echo, "echo_up", log=print)

@@ -1,4 +1,4 @@
-"""scripts/mps.py: the MPS control daemon's lifecycle and the client environment, with a stand-in for
+"""torchserve_accel/tools/mps.py: the MPS control daemon's lifecycle and the client environment, with a stand-in for
 nvidia-cuda-mps-control (no GPU or NVIDIA driver here). What the stand-in does is what NVIDIA documents for the
 real program: ``-d`` starts the daemon, which creates ``control`` in CUDA_MPS_PIPE_DIRECTORY; ``quit`` on its
 standard input stops it."""
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from scripts.mps import MpsDaemon, MpsError
+from torchserve_accel.tools.mps import MpsDaemon, MpsError, mps_decision
 
 STAND_IN = """#!/bin/bash
 echo "$* pipe=$CUDA_MPS_PIPE_DIRECTORY log=$CUDA_MPS_LOG_DIRECTORY" >> "{record}"
@@ -80,8 +80,6 @@ def fake_nvidia_smi(bin_dir: Path, lines: str = "GPU 0: NVIDIA H100 80GB HBM3 (U
 
 
 def test_auto_mode_uses_mps_only_with_the_control_program_and_a_visible_gpu(tmp_path):
-    from scripts.mps import mps_decision
-
     bare = {"PATH": str(tmp_path)}
     assert mps_decision("auto", bare) == (False, "MPS off: nvidia-cuda-mps-control is not on PATH")
     bin_dir, _ = stand_in(tmp_path)

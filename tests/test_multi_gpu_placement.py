@@ -189,7 +189,8 @@ def build_placement_archive(store: Path, work: Path, name: str, config: str) -> 
 def test_torchserve_spreads_workers_round_robin_and_pins_them_with_device_ids(monkeypatch, tmp_path):
     """Real TorchServe 0.12 counting two GPUs: four workers of a model without deviceIds get GPUs 0 and 1 twice
     each; deviceIds [1] puts every worker of that model on GPU 1; each worker's device follows its gpu_id."""
-    from scripts.tsctl import TorchServe, find_java_home, free_ports
+    from torchserve_accel.tools.launch import find_java_home, free_ports
+    from torchserve_accel.tools.torchserve import TorchServe
 
     find_java_home()  # fails (does not skip) without Java 17+, like the other integration tests
     store, out = tmp_path / "store", tmp_path / "out"

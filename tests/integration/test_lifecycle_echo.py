@@ -1,19 +1,23 @@
-"""The TorchServe lifecycle our scripts drive, against the real frontend with a tiny echo model (fast).
+"""The TorchServe lifecycle our tools drive, against the real frontend with a tiny echo model (fast).
 
 Covers: start on free ports with token auth on, register with batching, batch aggregation (responses and the
 handler's custom metrics at the Prometheus endpoint), per-request 4xx inside a batch, token refusal, allowed
-URLs, scale up/down, unregister, key rotation after expiry, the tsctl CLI, two instances side by side, stop.
+URLs, scale up/down, unregister, key rotation after expiry, the lifecycle commands, two instances side by side,
+stop.
 """
 
 from __future__ import annotations
 
 import time
 
+import psutil
 import pytest
 import requests
 
-from scripts import tsctl
-from scripts.tsctl import TorchServe, TorchServeError, derive_config
+from torchserve_accel.tools.cli import main
+from torchserve_accel.tools.launch import derive_config, free_ports
+from torchserve_accel.tools.paths import BASE_CONFIG
+from torchserve_accel.tools.torchserve import TOKEN_FAILED, TorchServe, TorchServeError, pid_alive
 from tests.integration.serving import (
     handler_counters, ready_workers, running_torchserve, send_concurrently, wait_for_requests_metric,
 )
@@ -42,7 +46,7 @@ def test_requests_without_a_valid_token_are_refused(echo):
     url = echo.url("inference", "/predictions/echo")
     for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Bearer {echo.keys()['management']}"}):
         answer = requests.post(url, data=b"x", headers={"Content-Type": "application/octet-stream", **headers})
-        assert answer.status_code == 400 and tsctl.TOKEN_FAILED in answer.text, headers
+        assert answer.status_code == 400 and TOKEN_FAILED in answer.text, headers
     assert requests.get(echo.url("management", "/models")).status_code == 400
     assert requests.get(echo.url("inference", "/ping")).status_code == 400
     good = echo.predict("echo", b"x", "application/octet-stream")
@@ -109,11 +113,11 @@ def test_register_under_another_name_then_unregister(echo):
 
 
 def test_cli_and_key_rotation_on_a_second_instance(echo, echo_store, tmp_path, capsys):
-    """The tsctl CLI end to end on an instance whose keys expire after 3 s, beside the module's instance."""
+    """The lifecycle commands end to end on an instance whose keys expire after 3 s, beside the module's instance."""
     base = tmp_path / "config.properties"
-    derive_config(tsctl.BASE_CONFIG, base, {"token_expiration_min": "0.05"})
+    derive_config(BASE_CONFIG, base, {"token_expiration_min": "0.05"})
     run = ["--run-dir", str(tmp_path / "run")]
-    assert tsctl.main(run + ["start", "--model-store", str(echo_store), "--ports", "free", "--config", str(base)]) == 0
+    assert main(run + ["start", "--model-store", str(echo_store), "--ports", "free", "--config", str(base)]) == 0
     ts = TorchServe(tmp_path / "run")
     try:
         assert ts.info.management_port != echo.info.management_port
@@ -122,36 +126,27 @@ def test_cli_and_key_rotation_on_a_second_instance(echo, echo_store, tmp_path, c
         time.sleep(3.5)  # management and inference keys have expired now
         stale = requests.get(ts.url("management", "/models"),
                              headers={"Authorization": f"Bearer {first_keys['management']}"})
-        assert stale.status_code == 400 and tsctl.TOKEN_FAILED in stale.text
+        assert stale.status_code == 400 and TOKEN_FAILED in stale.text
         # register rotates the management key itself (with the API key) and retries once
-        assert tsctl.main(run + ["register", "echo.mar", "--batch-size", "4", "--max-batch-delay", "10"]) == 0
+        assert main(run + ["register", "echo.mar", "--batch-size", "4", "--max-batch-delay", "10"]) == 0
         time.sleep(3.5)
-        assert tsctl.main(run + ["describe", "echo"]) == 0
+        assert main(run + ["describe", "echo"]) == 0
         assert "1 worker(s) [" in capsys.readouterr().out
         answer = ts.predict("echo", b"abcd", "application/octet-stream")  # inference key rotated, then retried
         assert answer.status_code == 200 and answer.json()["bytes"] == 4
         rotated = ts.keys()
         assert rotated["management"] != first_keys["management"] and rotated["inference"] != first_keys["inference"]
         assert rotated["API"] == first_keys["API"]
-        assert tsctl.main(run + ["unregister", "echo"]) == 0
+        assert main(run + ["unregister", "echo"]) == 0
         # the module's instance was untouched by all this
         assert echo.predict("echo", b"q", "application/octet-stream").status_code == 200
     finally:
         pid, port = ts.info.pid, ts.info.inference_port
-        assert tsctl.main(run + ["stop"]) == 0
-    assert not process_alive(pid)
+        assert main(run + ["stop"]) == 0
+    assert not pid_alive(pid)
     assert not (tmp_path / "run" / "key_file.json").exists()
     with pytest.raises(requests.ConnectionError):
         requests.get(f"http://127.0.0.1:{port}/ping", timeout=2)
-
-
-def process_alive(pid: int) -> bool:
-    """True while ``pid`` runs (a zombie awaiting its reaper counts as gone)."""
-    try:
-        stat = open(f"/proc/{pid}/stat").read()
-    except FileNotFoundError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def test_start_refuses_busy_ports(echo, tmp_path):
@@ -165,21 +160,21 @@ def test_mps_instance_makes_every_worker_a_client_of_its_own_daemon(echo_store, 
     """``start(mps=True)``: a daemon private to the run directory starts first, the workers TorchServe spawns
     carry its client environment, and ``stop`` quits it after the workers are gone. The control program is
     the stand-in of tests/test_mps.py (no NVIDIA driver here); the TorchServe side is real."""
-    from scripts.mps import MpsDaemon
+    from torchserve_accel.tools.mps import MpsDaemon
     from tests.test_mps import stand_in
 
     bin_dir, record = stand_in(tmp_path)
     monkeypatch.setenv("PATH", f"{bin_dir}:{__import__('os').environ['PATH']}")
     ts = TorchServe(tmp_path / "run")
-    ts.start(echo_store, ports=tsctl.free_ports(3), mps=True, log=lambda m: None)
+    ts.start(echo_store, ports=free_ports(3), mps=True, log=lambda m: None)
     pipe = MpsDaemon(tmp_path / "run").pipe_dir
     try:
         assert ts.info.mps and (pipe / "control").exists()
         ts.register("echo.mar", "echo", batch_size=1, max_batch_delay=10, initial_workers=1)
         assert ts.predict("echo", b"mps", "application/octet-stream").status_code == 200
-        environs = [open(f"/proc/{pid}/environ", "rb").read().split(b"\0") for pid in ts._worker_pids(ts.info.pid)]
+        environs = [psutil.Process(pid).environ() for pid in ts.worker_pids()]
         assert environs, "no worker process found"
-        assert all(f"CUDA_MPS_PIPE_DIRECTORY={pipe}".encode() in env for env in environs)
+        assert all(env.get("CUDA_MPS_PIPE_DIRECTORY") == str(pipe) for env in environs)
     finally:
         ts.stop(log=lambda m: None)
     assert not (pipe / "control").exists()
@@ -189,7 +184,7 @@ def test_mps_instance_makes_every_worker_a_client_of_its_own_daemon(echo_store, 
 def test_mps_auto_starts_torchserve_without_mps_where_no_gpu_is_listed(echo_store, tmp_path, monkeypatch):
     """The main job's default: the control program is there (stand-in) but nvidia-smi lists no GPU, so TorchServe
     starts as usual and no daemon is left behind; a daemon that refuses to start in auto mode is logged, not fatal."""
-    from scripts.mps import MpsDaemon
+    from torchserve_accel.tools.mps import MpsDaemon
     from tests.test_mps import fake_nvidia_smi, stand_in
 
     bin_dir, record = stand_in(tmp_path, fail=True)
@@ -197,7 +192,7 @@ def test_mps_auto_starts_torchserve_without_mps_where_no_gpu_is_listed(echo_stor
     monkeypatch.setenv("PATH", f"{bin_dir}:{__import__('os').environ['PATH']}")
     messages = []
     ts = TorchServe(tmp_path / "run")
-    ts.start(echo_store, ports=tsctl.free_ports(3), mps="auto", log=messages.append)
+    ts.start(echo_store, ports=free_ports(3), mps="auto", log=messages.append)
     try:
         assert not ts.info.mps and "MPS off: nvidia-smi lists no GPU" in messages
         assert not record.exists()  # the control program was never called
@@ -205,14 +200,14 @@ def test_mps_auto_starts_torchserve_without_mps_where_no_gpu_is_listed(echo_stor
         ts.stop(log=lambda m: None)
     fake_nvidia_smi(bin_dir)  # now a GPU is listed, but the daemon fails to start: logged, TorchServe still starts
     messages.clear()
-    ts.start(echo_store, ports=tsctl.free_ports(3), mps="auto", log=messages.append)
+    ts.start(echo_store, ports=free_ports(3), mps="auto", log=messages.append)
     try:
         assert not ts.info.mps and any(m.startswith("MPS off: the daemon did not start") for m in messages)
         ts.register("echo.mar", "echo", batch_size=1, max_batch_delay=10, initial_workers=1)
         assert ts.predict("echo", b"auto", "application/octet-stream").status_code == 200
-        environs = [open(f"/proc/{pid}/environ", "rb").read().split(b"\0") for pid in ts._worker_pids(ts.info.pid)]
+        environs = [psutil.Process(pid).environ() for pid in ts.worker_pids()]
         pipe = MpsDaemon(tmp_path / "run").pipe_dir
-        assert environs and not any(f"CUDA_MPS_PIPE_DIRECTORY={pipe}".encode() in env for env in environs)
+        assert environs and not any(env.get("CUDA_MPS_PIPE_DIRECTORY") == str(pipe) for env in environs)
     finally:
         ts.stop(log=lambda m: None)
 
@@ -223,5 +218,5 @@ def test_mps_without_the_driver_tools_fails_before_starting_torchserve(echo_stor
     monkeypatch.setenv("PATH", "/usr/bin:/bin")
     ts = TorchServe(tmp_path / "run")
     with pytest.raises(TorchServeError, match="--mps: nvidia-cuda-mps-control not found"):
-        ts.start(echo_store, ports=tsctl.free_ports(3), mps=True, log=lambda m: None)
+        ts.start(echo_store, ports=free_ports(3), mps=True, log=lambda m: None)
     assert not ts.launched

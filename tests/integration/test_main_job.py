@@ -1,4 +1,5 @@
-"""The main job (scripts/main.py, what scripts/run_main.sh runs after set-up) as a user runs it."""
+"""The main job (scripts/main.py: torchserve-accel demo, what scripts/run_main.sh runs after set-up) as a user
+runs it."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from torchserve_accel.tools.torchserve import pid_alive
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
@@ -31,12 +34,7 @@ def drop_archives(tmp_path):
 def java_gone(run_dir: Path, pid: int | None) -> bool:
     if (run_dir / "instance.json").exists():
         return False
-    if pid is None:
-        return True
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-    except FileNotFoundError:
-        return True
+    return pid is None or not pid_alive(pid)
 
 
 def test_main_job_end_to_end(tmp_path, java_home):
@@ -83,7 +81,7 @@ def test_main_job_stops_the_server_on_ctrl_c(tmp_path, java_home):
 def test_main_job_with_bert_serves_both_models(tmp_path, java_home):
     """``--bert-weights DIR``: BERT beside ResNet-101 in the same TorchServe, texts answered with labels, the
     over-long one truncated and flagged. A tiny random checkpoint in the real HF layout keeps this fast on CPU."""
-    from handlers.text.bert import make_random_checkpoint
+    from torchserve_accel.bert.archive import make_random_checkpoint
     from tests.integration.test_bad_inputs import TINY_BERT
 
     checkpoint = make_random_checkpoint(tmp_path / "bert-checkpoint", seed=5, config_overrides=TINY_BERT)

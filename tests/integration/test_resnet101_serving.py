@@ -1,4 +1,4 @@
-"""ResNet-101 end to end: the real archive (random weights) built by scripts/build_archive.py, served by the
+"""ResNet-101 end to end: the real archive (random weights) built by torchserve-accel build, served by the
 real TorchServe frontend with token auth on, batching on, on the CPU here (GPU where one is visible).
 """
 
@@ -13,8 +13,8 @@ import pytest
 import requests
 from PIL import Image
 
-from scripts.sample_images import make_image
-from scripts.tsctl import TOKEN_FAILED, TorchServeError
+from torchserve_accel.tools.images import make_image
+from torchserve_accel.tools.torchserve import TOKEN_FAILED, TorchServeError
 from tests.integration.serving import (
     handler_counters, metric_total, ready_workers, running_torchserve, send_concurrently, wait_for_requests_metric,
 )

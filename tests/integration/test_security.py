@@ -20,8 +20,10 @@ import pytest
 import requests
 import torch
 
-from scripts.tsctl import BASE_CONFIG, TOKEN_FAILED, TorchServeError, read_properties
-from tests.integration.serving import ECHO_HANDLER, running_torchserve
+from torchserve_accel.tools.launch import TorchServeError, read_properties
+from torchserve_accel.tools.paths import BASE_CONFIG
+from torchserve_accel.tools.torchserve import TOKEN_FAILED
+from tests.integration.serving import ECHO_HANDLER, ECHO_MODEL, running_torchserve
 from tests.integration.test_bad_inputs import model_store
 
 pytestmark = pytest.mark.integration
@@ -55,7 +57,8 @@ def test_shipped_config_keeps_the_secure_defaults():
 
 
 def test_instance_config_only_changes_ports_and_store(secured):
-    """tsctl copies config.properties per instance; everything but addresses' ports and the store is unchanged."""
+    """`torchserve-accel start` copies config.properties per instance; everything but addresses' ports and the store
+    is unchanged."""
     derived = read_properties(secured.run_dir / "config.properties")
     for key, value in SHIPPED.items():
         if key.endswith("_address"):
@@ -230,7 +233,8 @@ def test_archives_never_install_packages(secured, tmp_path):
     config = tmp_path / "config.yaml"
     config.write_text("handler:\n  delay_s: 0.0\n")
     subprocess.run([sys.executable, "-m", "model_archiver.model_packaging", "--model-name", "with_requirements",
-                    "--version", "1.0", "--handler", str(ECHO_HANDLER), "--config-file", str(config),
+                    "--version", "1.0", "--handler", str(ECHO_HANDLER), "--extra-files", str(ECHO_MODEL),
+                    "--config-file", str(config),
                     "--requirements-file", str(requirements), "--export-path", secured.info.model_store, "--force"],
                    check=True, capture_output=True, text=True)
     with zipfile.ZipFile(Path(secured.info.model_store) / "with_requirements.mar") as mar:
@@ -270,7 +274,7 @@ def test_the_malicious_checkpoint_is_live(tmp_path):
 
 
 def test_resnet_loader_refuses_pickled_code(tmp_path):
-    from handlers.vision.resnet import load_state_dict
+    from torchserve_accel.resnet.model import load_state_dict
 
     marker = tmp_path / "pwned"
     checkpoint = _malicious_checkpoint(tmp_path / "resnet101.pth", marker)
@@ -280,7 +284,7 @@ def test_resnet_loader_refuses_pickled_code(tmp_path):
 
 
 def test_bert_loader_refuses_pickled_code(tmp_path):
-    from handlers.text.bert import read_hf_state_dict
+    from torchserve_accel.bert.checkpoint import read_hf_state_dict
 
     marker = tmp_path / "pwned"
     _malicious_checkpoint(tmp_path / "pytorch_model.bin", marker)

@@ -132,6 +132,9 @@ def _jpeg_header(blob: bytes | bytearray) -> JpegHeader | None:
     return JpegHeader(*frame, orientation) if frame is not None else None
 
 
+EXIF_ORIENTATION = 0x0112
+
+
 def _exif_orientation(tiff: bytes) -> int:
     """The Orientation tag (0x0112) of an EXIF block's first IFD, 1 when absent or malformed. Read here, not through
     PIL, for the reason ``_jpeg_header`` gives."""
@@ -142,7 +145,7 @@ def _exif_orientation(tiff: bytes) -> int:
         ifd = struct.unpack_from(order + "I", tiff, 4)[0]
         for entry in range(struct.unpack_from(order + "H", tiff, ifd)[0]):
             tag, kind, _, value = struct.unpack_from(order + "HHIH", tiff, ifd + 2 + 12 * entry)
-            if tag == 0x0112 and kind == 3:  # SHORT
+            if tag == EXIF_ORIENTATION and kind == 3:  # SHORT
                 return value if 1 <= value <= 8 else 1
     except struct.error:
         pass
@@ -207,8 +210,8 @@ def _decode_on_cpu(blob: bytes, limits: ImageLimits, exif_orientation: bool) -> 
         with Image.open(io.BytesIO(blob)) as img:
             _check_size(*img.size, limits)
             frame = next(iter(ImageSequence.Iterator(img)))
-            if exif_orientation:
-                frame = ImageOps.exif_transpose(frame)
+            if exif_orientation and frame.getexif().get(EXIF_ORIENTATION, 1) != 1:
+                frame = ImageOps.exif_transpose(frame)  # (it copies even an upright image: only when needed)
             if frame.mode.startswith("I"):
                 # 16/32-bit grayscale: scale to 8 bits (convert("RGB") would clip instead of scale).
                 wide = np.asarray(frame).astype(np.uint32)

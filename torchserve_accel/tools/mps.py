@@ -2,16 +2,16 @@
 
 Without MPS, the CUDA contexts of several worker processes on one GPU are time-sliced: a worker's small
 kernels (decode, resize) hold the whole GPU while they run, and no two workers' kernels overlap. Under MPS the
-workers' kernels share the GPU concurrently. ``tsctl.py start --mps`` starts a control daemon private to the
+workers' kernels share the GPU concurrently. ``torchserve-accel start --mps`` starts a control daemon private to the
 instance (its pipe and log directories live in the run directory, so it never meets another daemon), gives
 TorchServe the environment that makes every worker a client of it, and ``stop`` quits it after TorchServe.
 
 Needs ``nvidia-cuda-mps-control`` (the NVIDIA driver's utilities) on PATH and a GPU whose compute mode allows
-MPS. 2026-11, one H100, 10 ResNet-101 workers: 12,576 img/s under MPS, 9,183 without
-(benchmarks/results/served_mps_h100.json).
+MPS (benchmarks/BENCHMARKS.md has the figures with and without).
 
 ``mps_decision("auto", env)``: MPS when the control program is on PATH and ``nvidia-smi -L`` lists a GPU that
-the instance can see (``CUDA_VISIBLE_DEVICES`` not empty); the reason is one readable string.
+the instance can see (``CUDA_VISIBLE_DEVICES`` not empty); the reason is one readable string. It asks the
+nvidia-smi of the instance's PATH, as TorchServe does when it counts GPUs for its workers.
 """
 
 from __future__ import annotations
@@ -19,9 +19,10 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import time
 from pathlib import Path
-from typing import Callable
+
+from torchserve_accel.tools import Log
+from torchserve_accel.tools.polling import wait_until
 
 CONTROL = "nvidia-cuda-mps-control"
 
@@ -70,8 +71,7 @@ class MpsDaemon:
     def running(self) -> bool:
         return (self.pipe_dir / "control").exists()
 
-    def start(self, base_env: dict[str, str] | None = None, timeout: float = 10.0,
-              log: Callable[[str], None] = print) -> dict[str, str]:
+    def start(self, base_env: dict[str, str] | None = None, timeout: float = 10.0, log: Log = print) -> dict[str, str]:
         """Start the daemon (``-d``) and wait for its control pipe; returns ``base_env`` plus ``env()``."""
         control = shutil.which(CONTROL, path=(base_env or os.environ).get("PATH"))
         if control is None:
@@ -85,16 +85,13 @@ class MpsDaemon:
         if done.returncode != 0:
             raise MpsError(f"{CONTROL} -d failed (exit {done.returncode}): {(done.stderr or done.stdout).strip()}"
                            f"{self._log_tail()}")
-        deadline = time.monotonic() + timeout
-        while not self.running():
-            if time.monotonic() > deadline:
-                raise MpsError(f"MPS daemon gave no control pipe in {self.pipe_dir} within {timeout:.0f} s"
-                               f"{self._log_tail()}")
-            time.sleep(0.05)
+        if not wait_until(self.running, timeout, interval=0.05):
+            raise MpsError(f"MPS daemon gave no control pipe in {self.pipe_dir} within {timeout:.0f} s"
+                           f"{self._log_tail()}")
         log(f"MPS control daemon up (pipe {self.pipe_dir})")
         return env
 
-    def stop(self, timeout: float = 30.0, log: Callable[[str], None] = print) -> None:
+    def stop(self, timeout: float = 30.0, log: Log = print) -> None:
         """Ask the daemon to quit (it waits for its clients to exit); nothing to do when none runs."""
         if not self.running():
             return

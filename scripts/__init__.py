@@ -1,1 +1,0 @@
-"""Command-line tools: archive building, TorchServe lifecycle, clients, the main job (see README)."""

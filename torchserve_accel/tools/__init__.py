@@ -1,0 +1,24 @@
+"""The ``torchserve-accel`` command and what it is built from (``python -m torchserve_accel`` runs it too).
+
+    cli.py          the command: one argparse parser, a subcommand per tool
+    commands.py     how each tool module adds its subcommands to that parser
+    paths.py        the files archives and instances are made from (shipped in the wheel, or the checkout's)
+    build.py        model archives (.mar) with torch-model-archiver
+    launch.py       what starting TorchServe needs: Java 17+, free ports, a per-instance config.properties
+    torchserve.py   one TorchServe instance: start, stop, authenticated management and inference calls
+    mps.py          an NVIDIA MPS daemon private to an instance
+    client.py       concurrent predictions from files and texts
+    images.py       synthetic photo-like test images
+    demo.py         the main job: build, serve and query ResNet-101 (and BERT-Large)
+    loadgen/        the load generator: payloads, HTTP client, load processes, probes, statistics, driver
+    soak.py         steady load for minutes: no failure, no restart, bounded memory
+    sweep.py        benchmark archives, worker waits, sweeps over workers x batching, combined reports
+    plot.py         throughput-vs-p99 plots of result files
+    gpu.py          GPU figures through NVML, nvidia-smi as a fallback
+    prometheus.py   TorchServe's metrics text through prometheus_client
+    polling.py      the one wait-until-ready-or-deadline loop
+"""
+
+from typing import Callable
+
+Log = Callable[[str], None]  # where a tool writes its progress lines (print, a list's append, a no-op)

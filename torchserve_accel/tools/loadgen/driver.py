@@ -1,0 +1,198 @@
+"""One load run from the parent's side: check the target, probe it once, start the load processes, measure the
+window (metrics, host CPU, GPUs), combine what the processes recorded, and the result document around it."""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Sequence
+
+from torchserve_accel.tools import Log
+from torchserve_accel.tools.launch import TorchServeError
+from torchserve_accel.tools.loadgen.http import raw_request
+from torchserve_accel.tools.loadgen.loops import LoadProcesses, ProcessSpec
+from torchserve_accel.tools.loadgen.payloads import Payload
+from torchserve_accel.tools.loadgen.probes import (
+    GpuUtilization, HostCpu, counter_deltas, describe_card, describe_server, scrape, software_versions,
+)
+from torchserve_accel.tools.loadgen.stats import Records, cell, latency_summary, split, summarize
+from torchserve_accel.tools.torchserve import TorchServe
+
+SCHEMA = "torchserve-accel/loadgen/1"
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+MAX_AUTO_CONNECTIONS = 512  # per open-loop process unless max_connections says otherwise
+
+
+@dataclass
+class LoadConfig:
+    concurrency: int = 64  # closed loop: requests in flight in total (ignored when rate is set)
+    rate: float | None = None  # open loop: arrivals/s in total
+    processes: int = 4
+    warmup_s: float = 5.0
+    duration_s: float = 20.0
+    timeout_s: float = 60.0
+    max_requests: int = 0  # 0: bounded by time only
+    max_connections: int = 0  # open loop, per process; 0: enough for 2 s of arrivals at the rate, >= 64
+    seed: int = 0
+
+    @property
+    def mode(self) -> str:
+        return "open" if self.rate else "closed"
+
+
+def default_processes() -> int:
+    return max(1, min(8, (os.cpu_count() or 2) // 2))
+
+
+def run_load(ts: TorchServe, model: str, payloads: Sequence[Payload], config: LoadConfig, log: Log = print,
+             probe: bool = True) -> dict[str, Any]:
+    """Drive ``model`` with ``payloads`` as ``config`` says; the figures as a dict (see ``loadgen``'s doc)."""
+    processes = _check(ts, payloads, config)
+    result: dict[str, Any] = {"model": model, "mode": config.mode}
+    if probe:  # checks model, payload and key (a refused key is rotated) before any process starts
+        result["probe"] = probe_model(ts, model, payloads[0], config.timeout_s)
+    specs = _process_specs(ts, model, payloads, config, processes)
+    log(f"[loadgen] {model}: {config.mode} loop, "
+        + (f"{config.concurrency} in flight" if config.mode == "closed" else f"{config.rate:.0f} req/s Poisson")
+        + f", {processes} process(es), {len(payloads)} payloads (mean "
+        f"{sum(len(p.body) for p in payloads) / len(payloads) / 1000:.1f} KB), warm-up {config.warmup_s:g} s, "
+        f"measured {config.duration_s:g} s")
+    with LoadProcesses(specs) as load, GpuUtilization() as gpu:
+        window_start = load.go() + config.warmup_s
+        window_end = window_start + config.duration_s
+        _sleep_until(window_start)
+        cpu_before, before = HostCpu.snapshot(), scrape(ts)
+        load.collect(until=window_end)  # the window closes (or every process ran out of max_requests)
+        cpu_after, after = HostCpu.snapshot(), scrape(ts)
+        scraped_at = time.monotonic()
+        load.finish(hard_stop=window_end + config.timeout_s + 30)
+    records, stopped_at, client = _combine(load.outputs, processes, open_loop=config.mode == "open")
+    if config.max_requests and stopped_at < window_end:
+        window_end = max(window_start, stopped_at)  # a process ran out of its request share: the window ends there
+    result.update(summarize(records, window_start, window_end))
+    result["server"] = counter_deltas(before, after, model)
+    result["gpu"] = gpu.summary(window_start, min(window_end, scraped_at))
+    result["host_cpu"] = HostCpu.summary(cpu_before, cpu_after)
+    result["client"] = client
+    return result
+
+
+def _check(ts: TorchServe, payloads: Sequence[Payload], config: LoadConfig) -> int:
+    """Refuses what this load generator does not do; the number of load processes to run."""
+    if ts.info.host not in LOOPBACK:
+        raise ValueError(f"loadgen only drives loopback servers, not {ts.info.host}")
+    if not payloads:
+        raise ValueError("no payloads")
+    if config.rate is not None and config.rate <= 0:
+        raise ValueError(f"open-loop rate must be > 0, got {config.rate}")
+    if config.mode == "closed" and config.concurrency < 1:
+        raise ValueError(f"closed-loop concurrency must be >= 1, got {config.concurrency}")
+    processes = max(1, config.processes)
+    return min(processes, config.concurrency) if config.mode == "closed" else processes
+
+
+def probe_model(ts: TorchServe, model: str, payload: Payload, timeout_s: float) -> dict[str, Any]:
+    """One request through the ordinary client; anything but 200 stops the run before it starts."""
+    answer = ts.predict(model, payload.body, payload.content_type, timeout=max(timeout_s, 60))
+    if answer.status_code != 200:
+        raise TorchServeError(f"probe request to {model} answered {answer.status_code}: {answer.text[:300]}",
+                              answer.status_code, answer.text)
+    return {"status": answer.status_code, "body": answer.text[:300]}
+
+
+def _process_specs(ts: TorchServe, model: str, payloads: Sequence[Payload], config: LoadConfig,
+                   processes: int) -> list[ProcessSpec]:
+    host, port = ts.info.host, ts.info.inference_port
+    key = ts.keys().get("inference")
+    raws = [raw_request(host, port, f"/predictions/{model}", key, p) for p in payloads]
+    concurrencies = split(config.concurrency, processes) if config.mode == "closed" else [0] * processes
+    caps = split(config.max_requests, processes) if config.max_requests else [0] * processes
+    per_rate = (config.rate or 0.0) / processes
+    max_conns = config.max_connections or min(MAX_AUTO_CONNECTIONS, max(64, int(2 * per_rate)))
+    return [ProcessSpec(i, host, port, raws, concurrencies[i], per_rate, max_conns, config.warmup_s,
+                        config.duration_s, config.timeout_s, caps[i], config.seed) for i in range(processes)]
+
+
+def _sleep_until(t: float) -> None:
+    while (left := t - time.monotonic()) > 0:
+        time.sleep(min(left, 0.5))
+
+
+def _combine(outputs: dict[int, dict], processes: int, open_loop: bool) -> tuple[Records, float, dict[str, Any]]:
+    """Every process's records together, the moment the first one stopped early, and the client's own figures
+    (per-process CPU, failures, how late open-loop arrivals left)."""
+    records, lags, failures, per_process = Records(), [], [], []
+    stopped_at = math.inf
+    for i in range(processes):
+        out = outputs.get(i)
+        if out is None or "error" in out:
+            failures.append({"process": i, "error": (out or {}).get("error", "no result (killed or timed out)")})
+            continue
+        records.extend(out["records"])
+        lags.extend(out["lags"])
+        stopped_at = min(stopped_at, out["stopped_at"])
+        per_process.append({"process": i, "sent": out["sent"], "connections": out["connections"],
+                            "cpu_busy": round(out["cpu_s"] / max(out["wall_s"], 1e-9), 3)})
+    busiest = max((c["cpu_busy"] for c in per_process), default=None)
+    client = {
+        "processes": processes, "busiest_process_cpu": busiest, "per_process": per_process, "failures": failures,
+        "connect_failures": sum(o.get("connect_failures", 0) for o in outputs.values() if "error" not in o),
+        "dispatch_lag_ms": latency_summary(lags) if open_loop else None,
+        "note": ("a load process used > 85% of a core: the client may limit throughput; use more --processes"
+                 if busiest is not None and busiest > 0.85 else None),
+    }
+    return records, stopped_at, client
+
+
+# ---------------------------------------------------------------------------------------------- result documents
+
+
+def run_and_record(ts: TorchServe, model: str, payloads: Sequence[Payload], config: LoadConfig,
+                   payload_desc: dict[str, Any], label: str | None = None, command: list[str] | None = None,
+                   log: Log = print) -> dict[str, Any]:
+    """``run_load`` plus what a result file needs to stand alone: card, versions, command, configuration."""
+    document: dict[str, Any] = {
+        "schema": SCHEMA, "label": label or f"{model}-{config.mode}",
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "card": describe_card(), "versions": software_versions(),
+        "command": command if command is not None else [sys.executable, *sys.argv],
+        "config": {"model": model, "mode": config.mode, "load": asdict(config), "payload": payload_desc,
+                   "server": describe_server(ts, model)},
+    }
+    try:
+        document["results"] = run_load(ts, model, payloads, config, log=log)
+    except (TorchServeError, OSError, ValueError) as exc:
+        document["error"] = f"{type(exc).__name__}: {exc}"
+        log(f"[loadgen] {model}: FAILED: {document['error']}")
+    return document
+
+
+def one_line(document: dict[str, Any]) -> str:
+    """A short human summary of a result document."""
+    r = document.get("results")
+    if not r:
+        return f"{document.get('label')}: error: {document.get('error')}"
+    lat, srv, gpu = r["latency_ms"], r["server"], r.get("gpu")
+    errors = ", ".join(f"{k}:{v}" for k, v in r["errors"].items()) or "none"
+    return (f"{document.get('label')}: {r['ok_rps']:.0f} ok/s ({r['throughput_rps']:.0f} answers/s), "
+            f"p50 {cell(lat['p50'])} p90 {cell(lat['p90'])} p99 {cell(lat['p99'])} ms, errors {errors}, "
+            f"mean batch {cell(srv.get('mean_batch_size'))}, GPU busy "
+            f"{cell(gpu.get('util_mean')) + '%' if gpu else 'n/a'}, client CPU max "
+            f"{cell(r['client']['busiest_process_cpu'])}{host_cpu_text(r.get('host_cpu'))}{stages_text(srv)}")
+
+
+def host_cpu_text(host: dict[str, Any] | None) -> str:
+    if not host:
+        return ""
+    workers = host["worker_cores"]
+    return (f", host CPU {host['host_busy']:.0%} of {host['cores']} cores (frontend {host['frontend_cores']:.1f}, "
+            f"workers {sum(workers):.1f}, busiest {max(workers, default=0):.2f})")
+
+
+def stages_text(server: dict[str, Any]) -> str:
+    stages = server.get("handler_ms_per_batch")
+    if not stages:
+        return ""
+    return ", handler ms/batch " + " ".join(f"{k} {v:.1f}" for k, v in stages.items())

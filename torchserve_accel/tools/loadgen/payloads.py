@@ -1,0 +1,121 @@
+"""Request bodies for the load generator: ImageNet-like JPEGs, image files from a folder, or JSON texts."""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+import re
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any, Sequence
+
+from torchserve_accel.tools.loadgen.stats import percentile
+
+IMAGE_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png", ".webp": "image/webp",
+               ".bmp": "image/bmp", ".gif": "image/gif", ".tif": "image/tiff", ".tiff": "image/tiff"}
+
+
+@dataclass(frozen=True)
+class Payload:
+    body: bytes
+    content_type: str
+    name: str = ""
+
+
+def photo_like_jpeg(seed: int, size: tuple[int, int] = (500, 375), quality: int = 90, grain: float = 0.17) -> bytes:
+    """A synthetic photo (``images.make_image``) with colour grain, JPEG-encoded.
+
+    The grain brings the file to the size of a real ImageNet photo of that shape, so decode work per request is
+    realistic.
+    """
+    from PIL import Image
+
+    from torchserve_accel.tools.images import make_image
+
+    image = Image.open(io.BytesIO(make_image(seed, size=size, fmt="PNG"))).convert("RGB")
+    noise = Image.frombytes("RGB", image.size, random.Random(seed + 7_919).randbytes(size[0] * size[1] * 3))
+    out = io.BytesIO()
+    Image.blend(image, noise, grain).save(out, format="JPEG", quality=quality)
+    return out.getvalue()
+
+
+def image_payloads(count: int = 64, size: tuple[int, int] = (500, 375), quality: int = 90,
+                   seed: int = 0) -> list[Payload]:
+    return [Payload(photo_like_jpeg(seed + i, size, quality), "image/jpeg", f"synthetic_{seed + i:04d}.jpg")
+            for i in range(count)]
+
+
+def folder_payloads(folder: Path, limit: int | None = None) -> list[Payload]:
+    """Image files from ``folder`` (sorted by name), each with the Content-Type of its suffix."""
+    files = sorted(p for p in Path(folder).iterdir() if p.is_file() and p.suffix.lower() in IMAGE_TYPES)
+    if not files:
+        raise ValueError(f"no image files ({', '.join(sorted(IMAGE_TYPES))}) in {folder}")
+    return [Payload(p.read_bytes(), IMAGE_TYPES[p.suffix.lower()], p.name) for p in files[:limit]]
+
+
+def common_words() -> list[str]:
+    text = (resources.files("torchserve_accel.bert") / "common_words.txt").read_text()
+    words = [w for line in text.splitlines() if not line.startswith("#") for w in line.split()]
+    return [w for w in words if w.isalpha()] or ["the", "quick", "brown", "fox"]
+
+
+def make_text(rng: random.Random, words: Sequence[str], n_words: int) -> str:
+    """``n_words`` words in sentences of 5..14 words, a comma now and then; first word capitalized."""
+    parts, sentence = [], 0
+    for i in range(n_words):
+        word = rng.choice(words)
+        parts.append(word.capitalize() if sentence == 0 else word)
+        sentence += 1
+        last = i == n_words - 1
+        if last or (sentence >= 5 and rng.random() < 0.12):
+            parts[-1] += "."
+            sentence = 0
+        elif sentence >= 3 and rng.random() < 0.06:
+            parts[-1] += ","
+    return " ".join(parts)
+
+
+def text_payloads(count: int = 256, min_words: int = 4, max_words: int = 100, seed: int = 0) -> list[Payload]:
+    """JSON bodies ``{"text": ...}`` of ``min_words..max_words`` common words, lengths spread uniformly.
+
+    Every word is in the vocabulary, so a text costs about one token per word and punctuation mark plus
+    [CLS]/[SEP] (``approx_tokens``): with the defaults every text fits a 128-token sequence.
+    """
+    rng, words = random.Random(seed), common_words()
+    payloads = []
+    for i in range(count):
+        text = make_text(rng, words, rng.randint(min_words, max_words))
+        payloads.append(Payload(json.dumps({"text": text}).encode(), "application/json", f"text_{i:04d}"))
+    return payloads
+
+
+def approx_tokens(text: str) -> int:
+    """Upper estimate of WordPiece tokens for ``make_text`` output: words + punctuation + [CLS] + [SEP]."""
+    return len(re.findall(r"\w+|[^\w\s]", text)) + 2
+
+
+def build_payloads(model: str, *, texts: int | None = None, images: int | None = None, image_dir: Path | None = None,
+                   min_words: int = 4, max_words: int = 100, seed: int = 0) -> tuple[list[Payload], dict[str, Any]]:
+    """The payloads for ``model`` and their description for result documents.
+
+    Texts when ``texts`` is given, or by default for a model whose name says BERT (256 of them); else the images
+    of ``image_dir`` (at most ``images``), else ``images`` (default 64) synthetic JPEGs.
+    """
+    if texts is not None or (image_dir is None and images is None and "bert" in model.lower()):
+        count = texts or 256
+        payloads = text_payloads(count, min_words, max_words, seed=seed)
+        tokens = sorted(approx_tokens(json.loads(p.body)["text"]) for p in payloads)
+        desc: dict[str, Any] = {"kind": "text", "count": count, "words": [min_words, max_words],
+                                "approx_tokens": {"min": tokens[0], "p50": percentile(tokens, 50), "max": tokens[-1]}}
+    elif image_dir is not None:
+        payloads = folder_payloads(image_dir, images)
+        desc = {"kind": "images", "source": str(image_dir), "count": len(payloads)}
+    else:
+        count = images or 64
+        payloads = image_payloads(count, seed=seed)
+        desc = {"kind": "images", "source": "synthetic 500x375 JPEG q90 with grain", "count": count}
+    sizes = sorted(len(p.body) for p in payloads)
+    desc["bytes"] = {"mean": round(sum(sizes) / len(sizes)), "min": sizes[0], "max": sizes[-1]}
+    return payloads, desc

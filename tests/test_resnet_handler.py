@@ -155,7 +155,7 @@ def test_out_of_memory_batch_is_split_and_retried(handler):
         classifier.engine = real_engine
     whole = classifier.classify(blobs)
     assert seen == [5, 2, 3, 1, 2]  # 5 fails -> 2 + 3; 3 fails -> 1 + 2
-    assert [r["predictions"][0]["index"] for r in split] == [r["predictions"][0]["index"] for r in whole]
+    assert [r.indices[0] for r in split] == [r.indices[0] for r in whole]
 
 
 def test_an_image_that_alone_runs_out_of_memory_gets_a_503_and_the_others_answer(handler):

@@ -11,7 +11,7 @@ import sys
 import threading
 import types
 import zipfile
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
@@ -24,6 +24,8 @@ from torchserve_accel.tools import client, launch, torchserve
 from torchserve_accel.tools import images as sample_images
 from torchserve_accel.tools.cli import main as cli_main
 from torchserve_accel.tools.paths import BASE_CONFIG
+from tests.stubs import JsonHandler
+from tests.stubs import stub_model as make_stub_model
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -114,17 +116,7 @@ class FakeTorchServe:
         self.write_key_file()
         fake = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def _answer(self, status, body):
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+        class Handler(JsonHandler):
 
             def _check(self, kind):
                 if self.headers.get("Authorization") != f"Bearer {fake.valid[kind]}":
@@ -221,27 +213,17 @@ def test_instance_is_required(tmp_path, capsys):
 @pytest.fixture
 def stub_model(tmp_path, monkeypatch):
     """A fake model table entry with a stub prepare_archive_files (a weights file and one extra file)."""
-    (tmp_path / "handlers").mkdir()
-    (tmp_path / "handlers" / "stub_handler.py").write_text("def handle(data, context):\n    return data\n")
-    (tmp_path / "archiver_configs").mkdir()
-    (tmp_path / "archiver_configs" / "stub.yaml").write_text("batchSize: 4\n")
-    module = types.ModuleType("stub_model_module")
-    calls = []
+    calls, seen_options = [], []
 
     def prepare_archive_files(staging_dir, source, log, handler_options=None):
         calls.append(source)
-        module.seen_options.append(handler_options)
+        seen_options.append(handler_options)
         log("stub: preparing")
         (staging_dir / "stub.safetensors").write_bytes(b"weights")
         (staging_dir / "labels.json").write_text("[]")
         return ArchiveFiles(serialized_file=staging_dir / "stub.safetensors", extra_files=[staging_dir / "labels.json"])
 
-    module.prepare_archive_files = prepare_archive_files
-    module.seen_options = []
-    monkeypatch.setitem(sys.modules, "stub_model_module", module)
-    monkeypatch.setitem(ba.MODELS, "stub", ba.ModelSpec("handlers/stub_handler.py", "archiver_configs/stub.yaml",
-                                                        "stub_model_module"))
-    monkeypatch.setattr(ba, "data_file", lambda relative: tmp_path / relative)
+    make_stub_model(tmp_path, monkeypatch, prepare_archive_files).seen_options = seen_options
     return calls
 
 

@@ -124,3 +124,15 @@ def test_fused_ffn_gemm_is_not_picked_without_hopper():
     assert ops.name == "triton" and "off" in reason
     with pytest.raises(RuntimeError, match="fused_ffn_gemm: on"):
         pick_ffn_ops(linear, 256, "on")
+
+
+def test_fused_ffn_gemm_says_which_triton_it_needs(monkeypatch):
+    """Triton before 3.4 (torch 2.4 comes with 3.0) has no host-side TMA descriptors: the module still imports, and
+    the load picks the unfused path with this reason."""
+    import torch
+
+    from torchserve_accel.bert import triton_gemm
+
+    monkeypatch.setattr(triton_gemm, "TensorDescriptor", None)
+    reason = triton_gemm.unavailable_reason(torch.device("cuda"), torch.float16, 1024, 4096)
+    assert reason is not None and "Triton 3.4+" in reason, reason

@@ -206,7 +206,10 @@ RESNET_BAD = [
     # TorchServe turns a form-urlencoded body into its fields (none here): the handler sees no body at all.
     pytest.param((b"abc", "application/x-www-form-urlencoded"), 400, "empty request body", id="form-urlencoded"),
     pytest.param((b'{"image": "aGVsbG8="}', "application/json"), 415, "binary body", id="json-instead-of-image"),
-    pytest.param((b"a picture of a cat", "text/plain"), 415, "binary body", id="text-instead-of-image"),
+    # Text is read as base64, as TorchServe's stock VisionHandler reads it: these words decode (spaces dropped,
+    # padding added) to bytes that are no image; "%%" is no base64 at all.
+    pytest.param((b"a picture of a cat", "text/plain"), 415, "not an image", id="text-instead-of-image"),
+    pytest.param((b"%% not base64", "text/plain"), 400, "neither an image nor base64", id="text-not-base64"),
     # Decompression bombs: refused from the header; PIL's own bomb check answers for the 900-megapixel PNG,
     # our configured limit (handler.max_pixels, 40 MP) for the others.
     pytest.param((png_declaring(30000, 30000), "image/png"), 413, "image too large", id="png-30000x30000"),

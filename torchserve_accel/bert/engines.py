@@ -116,7 +116,7 @@ class PackedEngine:
 def _packed(model_dir: Path, options: BertOptions, device: torch.device, tokenizer: BatchTokenizer, head: str,
             compiled: bool = False) -> PackedEngine:
     dtype = compute_dtype(options.precision, device)
-    model, _ = load_packed_bert(model_dir, head, device, dtype, normalize=options.normalize)
+    model, _ = load_packed_bert(model_dir, head, device, dtype)  # embeddings are normalized per request, later
     max_length = tokenizer.max_length
     model.attention, attention = select_attention(options.attention, device, dtype, model.cfg.head_dim, max_length)
     model.ops, fusion = select_ops(options.fusion, device, compiled=compiled)
@@ -231,14 +231,14 @@ class PaddedTensorRTEngine:
 
 def _tensorrt(model_dir: Path, options: BertOptions, device: torch.device, tokenizer: BatchTokenizer,
               head: str) -> PaddedTensorRTEngine:
-    model, _ = load_packed_bert(model_dir, head, "cpu", torch.float32, normalize=options.normalize)
+    model, _ = load_packed_bert(model_dir, head, "cpu", torch.float32)
     dtype = compute_dtype(options.precision, device)
     max_batch, max_length = options.max_batch_sequences, tokenizer.max_length
     opt = (min(64, max_batch), min(128, max_length))
     profile = {name: ((1, 1), opt, (max_batch, max_length)) for name in ONNX_INPUTS}
     root = Path(options.engine_cache_dir) if options.engine_cache_dir else default_cache_root()
     cache = EngineCache(root, {**software_fingerprint(device), "weights": weights_sha256(model_dir), "head": head,
-                               "normalize": options.normalize, "profile": repr(profile), "dtype": str(dtype)})
+                               "profile": repr(profile), "dtype": str(dtype)})
     plan = tensorrt.cached_plan(cache, lambda: export_onnx(model), profile, dtype, log.info)
     description = {"dtype": str(dtype).removeprefix("torch."), "engine": f"TensorRT, padded batches ({cache.dir})"}
     engine = tensorrt.TensorRTEngine(plan, device)

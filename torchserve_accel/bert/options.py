@@ -14,12 +14,15 @@ class BertOptions:
     # extractive answers to questions about a context (needs a BertForQuestionAnswering checkpoint).
     task: Literal["classify", "embed", "qa"] = "classify"
     pooling: Literal["cls", "mean"] = "cls"  # embed: [CLS] hidden state or mean over tokens
-    normalize: bool = False  # embed: L2-normalize
+    normalize: bool = False  # embed: L2-normalize (a request's "normalize" overrides it, {"inputs": ...} form)
     max_answer_tokens: int = 30  # qa: longest answer span, in tokens
     doc_stride: int = 128  # qa: a context longer than one row runs in windows overlapping by this many tokens
     max_windows: int = 16  # qa: windows per pair at most; the rest of a longer context is dropped (truncated: true)
     # Tokens per text after truncation ([CLS]/[SEP] included); 0 = the model's max_position_embeddings.
     max_length: int = 0
+    # How plain requests are answered (bert/requests.py): native, or hf (HuggingFace pipelines / TEI shapes).
+    # KServe v1/v2 requests get their protocol's answer.
+    response_format: Literal["native", "hf"] = "native"
     # Request limits (a request over them gets a 4xx of its own).
     max_items_per_request: int = 64
     max_text_chars: int = 100_000

@@ -18,15 +18,12 @@ from torchserve_accel.bert import qa
 from torchserve_accel.bert.checkpoint import label_names, read_hf_config
 from torchserve_accel.bert.engines import REGISTRY
 from torchserve_accel.bert.options import BertOptions
-from torchserve_accel.bert.requests import QARequest, TextRequest, parse_qa_request, parse_text_request
+from torchserve_accel.bert.requests import Encoded, TextInput, parse_request
 from torchserve_accel.bert.tokenize import BatchTokenizer
 from torchserve_accel.serving.memory import halving_on_oom
-from torchserve_accel.serving.requests import Request, RequestError, Slots, first_error
+from torchserve_accel.serving.requests import Job, Request, RequestError, Slots
 
 log = logging.getLogger(__name__)
-
-Answer = dict[str, Any]
-
 
 def load(model_dir: Path, options: BertOptions, device: torch.device, batch_size: int) -> "BertRunner":
     """The checkpoint in ``model_dir`` -> a warmed runner on ``device``. ``batch_size`` (TorchServe's batchSize) is
@@ -66,61 +63,52 @@ class BertRunner:
         self.tokenizer, self.engine, self.options, self.labels = tokenizer, engine, options, labels
         self.description = description  # what was chosen at load, and why
 
-    def parse(self, request: Request) -> TextRequest | QARequest:
-        limits = (self.options.max_items_per_request, self.options.max_text_chars)
-        if self.options.task == "qa":
-            return parse_qa_request(request.payload, *limits)
-        return parse_text_request(request.payload, *limits, request.content_type)
+    def parse(self, request: Request) -> Job:
+        """The request's texts (or pairs) and its answer's shape, in any accepted form (bert/requests.py)."""
+        return parse_request(request, self.options, self.labels)
 
-    def run(self, items: Sequence[TextRequest | QARequest | RequestError],
-            timings: dict[str, float] | None = None) -> list[Answer | RequestError]:
-        """Every text (pair) of the batch through the engine at once -> one answer per request (``{"results": [...]}``
-        for a request that sent a list), each with the batch's size."""
+    def run(self, items: Sequence[Job | RequestError], timings: dict[str, float] | None = None
+            ) -> list[Any | RequestError]:
+        """Every text (pair) of the batch's requests through the engine at once -> one answer per request."""
         timings = {} if timings is None else timings
+        slots = Slots(items, lambda job: job.inputs)
         if self.options.task == "qa":
-            slots = Slots(items, lambda request: list(zip(request.questions, request.contexts)))
             outputs = self.answer([q for q, _ in slots.flat], [c for _, c in slots.flat], timings)
         else:
-            slots = Slots(items, lambda request: request.texts)
             outputs = self.encode_texts(slots.flat, timings)
-        answers = slots.answers(outputs, self._request_answer)
-        return [a if isinstance(a, RequestError) else {**a, "batch_size": len(items)} for a in answers]
+        batch = {"batch_size": len(items)}
+        return slots.answers(outputs, lambda job, mine: job.reply(mine, batch))
 
-    def _request_answer(self, request: TextRequest | QARequest, outputs: list) -> Answer | RequestError:
-        failed = first_error(outputs, lambda i: f"pairs[{i}]: " if request.as_list else "")
-        if failed is not None:
-            return failed
-        return {"results": outputs} if request.as_list else outputs[0]
-
-    def encode_texts(self, texts: Sequence[str], timings: dict[str, float]) -> list[Answer | RequestError]:
-        """Texts -> per text ``{"label", "probabilities", "truncated"}`` or ``{"embedding", "truncated"}`` (a
-        ``RequestError`` 503 for a text that alone does not fit in GPU memory: ``halving_on_oom``)."""
+    def encode_texts(self, texts: Sequence[TextInput], timings: dict[str, float]) -> list[Encoded | RequestError]:
+        """Texts -> per text its class probabilities or embedding, and whether it was cut to max_length tokens; a
+        ``RequestError`` for a text too long where its request said ``truncate: false`` (413), or that alone does not
+        fit in GPU memory (503, ``halving_on_oom``)."""
         return halving_on_oom(lambda part: self._encode_texts(part, timings), texts, "text") if texts else []
 
-    def _encode_texts(self, texts: Sequence[str], timings: dict[str, float]) -> list[Answer]:
+    def _encode_texts(self, texts: Sequence[TextInput], timings: dict[str, float]) -> list[Encoded | RequestError]:
         t0 = time.perf_counter()
-        tokenized = self.tokenizer(texts)
+        tokenized = self.tokenizer([t.text for t in texts])
         t1 = time.perf_counter()
-        rows = self.engine(tokenized).tolist()
+        rows = self.engine(tokenized)
+        if self.options.task == "embed":  # normalized here, per request (the engine's embeddings never are)
+            wanted = torch.tensor([t.normalize for t in texts])[:, None]
+            rows = torch.where(wanted, torch.nn.functional.normalize(rows, dim=-1), rows)
+        rows = rows.tolist()
         timings["decode"] = timings.get("decode", 0.0) + t1 - t0
         timings["compute"] = timings.get("compute", 0.0) + time.perf_counter() - t1
-        if self.options.task == "embed":
-            return [{"embedding": row, "truncated": cut} for row, cut in zip(rows, tokenized.truncated)]
-        return [self._classified(row, cut) for row, cut in zip(rows, tokenized.truncated)]
-
-    def _classified(self, row: list[float], truncated: bool) -> Answer:
-        best = max(range(len(row)), key=row.__getitem__)
-        return {"label": self.labels[best], "probabilities": dict(zip(self.labels, row)), "truncated": truncated}
+        return [Encoded(row, cut) if t.truncate or not cut else
+                RequestError(413, f"has more than max_length={self.tokenizer.max_length} tokens (truncate: false)")
+                for t, row, cut in zip(texts, rows, tokenized.truncated)]
 
     def answer(self, questions: Sequence[str], contexts: Sequence[str],
-               timings: dict[str, float] | None = None) -> list[Answer | RequestError]:
+               timings: dict[str, float] | None = None) -> list[dict | RequestError]:
         """Pairs -> per pair an answer (``qa.answers``) or a ``RequestError`` (413: a question too long for any
         context; 503: a pair that alone does not fit in GPU memory)."""
         timings = {} if timings is None else timings
         pairs = list(zip(questions, contexts))
         return halving_on_oom(lambda part: self._answer(part, timings), pairs, "pair") if pairs else []
 
-    def _answer(self, pairs: Sequence[tuple[str, str]], timings: dict[str, float]) -> list[Answer | RequestError]:
+    def _answer(self, pairs: Sequence[tuple[str, str]], timings: dict[str, float]) -> list[dict | RequestError]:
         questions, contexts = [q for q, _ in pairs], [c for _, c in pairs]
         t0 = time.perf_counter()
         pairs = self.tokenizer.pairs(questions, contexts, self.options.doc_stride, self.options.max_windows)
@@ -135,4 +123,4 @@ class BertRunner:
         if self.options.task == "qa":
             self.answer(["warm up?"], ["warm up."])
         else:
-            self.encode_texts(["warm up"], {})
+            self.encode_texts([TextInput("warm up")], {})

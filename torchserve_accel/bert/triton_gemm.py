@@ -16,7 +16,11 @@ from dataclasses import dataclass
 import torch
 import triton
 import triton.language as tl
-from triton.tools.tensor_descriptor import TensorDescriptor
+
+try:  # host-side TMA descriptors: Triton 3.4+ (torch 2.8+); older Triton leaves the unfused path (unavailable_reason)
+    from triton.tools.tensor_descriptor import TensorDescriptor
+except ImportError:
+    TensorDescriptor = None
 
 from torchserve_accel.bert.triton_ops import TritonOps, _gelu
 
@@ -122,6 +126,8 @@ def unavailable_reason(device: torch.device, dtype: torch.dtype, in_features: in
     device = torch.device(device)
     if device.type != "cuda":
         return f"the fused GEMM needs CUDA, the device is {device}"
+    if TensorDescriptor is None:
+        return f"the fused GEMM needs Triton 3.4+ (triton.tools.tensor_descriptor), this is Triton {triton.__version__}"
     if torch.cuda.get_device_capability(device) < (9, 0):
         return "the fused GEMM uses TMA, which needs sm90+ (Hopper)"
     if dtype not in (torch.float16, torch.bfloat16):

@@ -5,8 +5,8 @@ accumulating in fp32. Imported only when a GPU run asks for Triton fusion; tests
 through Triton's interpreter (``TRITON_INTERPRET=1``).
 """
 
-from __future__ import annotations
-
+# No ``from __future__ import annotations`` here: Triton 3.0's interpreter (torch 2.4) finds constexpr parameters
+# only by their annotation object, and the string "tl.constexpr" would make BLOCK a runtime value.
 import torch
 import torch.nn.functional as F
 import triton

@@ -15,6 +15,10 @@ class ResNetOptions:
     backend: Literal["auto", "tensorrt", "cudnn", "inductor", "eager"] = "auto"
     precision: Precision = "fp16"  # on a GPU; CPU workers run fp32
     top_k: int = 5
+    # How plain requests are answered (resnet/requests.py): native ({"predictions": [...], ...}) or torchserve
+    # (TorchServe's stock image_classifier: {"<label>": probability}). KServe v1/v2 requests get their protocol's.
+    response_format: Literal["native", "torchserve"] = "native"
+    max_items_per_request: int = 64  # images in one request (a JSON list, multipart parts, KServe instances/tensors)
     batch_buckets: tuple[int, ...] = (1, 8, 16, 32, 64)  # batches pad to the next bucket; the largest is batchSize
     cuda_graphs: bool = True
     # Wait for a batch's results asleep (a blocking CUDA event) instead of spinning a core: several workers per GPU
@@ -45,6 +49,8 @@ class ResNetOptions:
     def validate(self) -> None:
         if not 1 <= self.top_k <= 1000:
             raise OptionsError(f"handler.top_k must be in 1..1000, got {self.top_k}")
+        if self.max_items_per_request < 1:
+            raise OptionsError("handler.max_items_per_request must be >= 1")
         if not self.batch_buckets or min(self.batch_buckets) < 1:
             raise OptionsError(f"handler.batch_buckets must be positive sizes, got {self.batch_buckets}")
         if not 0 < self.crop <= self.resize:

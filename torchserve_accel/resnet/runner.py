@@ -26,12 +26,10 @@ from torchserve_accel.resnet.model import WEIGHTS_FILE, load_resnet101
 from torchserve_accel.resnet.options import ResNetOptions
 from torchserve_accel.serving.device import compute_dtype
 from torchserve_accel.serving.memory import halving_on_oom
-from torchserve_accel.serving.requests import Request, RequestError, Slots, payload_bytes
+from torchserve_accel.resnet.requests import Classified, parse_request
+from torchserve_accel.serving.requests import Job, Request, RequestError, Slots
 
 log = logging.getLogger(__name__)
-
-Answer = dict[str, Any]
-
 
 class EngineRejected(RuntimeError):
     """The fast engine computed something other than the reference: never served silently."""
@@ -103,37 +101,37 @@ class ResNetRunner:
                                          channels_last=self.device.type == "cuda")
         self.limits = ImageLimits(max_pixels=options.max_pixels)
 
-    def parse(self, request: Request) -> bytes | bytearray:
-        """One image per request, as the raw body (bytes are decoded in ``run``, batched)."""
-        return payload_bytes(request.payload, "an image")
+    def parse(self, request: Request) -> Job:
+        """The request's images (still encoded: they are decoded in ``run``, batched) and its answer's shape."""
+        return parse_request(request, self.options)
 
-    def run(self, items: Sequence[bytes | bytearray | RequestError],
-            timings: dict[str, float] | None = None) -> list[Answer | RequestError]:
-        """Encoded images (or per-request errors) -> one top-k answer (or the error) per request.
+    def run(self, items: Sequence[Job | RequestError], timings: dict[str, float] | None = None
+            ) -> list[Any | RequestError]:
+        """Every image of the batch's requests through decode, preprocessing and the engine at once -> one answer
+        (or error) per request.
 
         A batch that runs out of GPU memory (many large images) is split in halves and retried; a single image that
-        still does not fit gets a 503 of its own (``halving_on_oom``). ``timings`` accumulates host seconds per stage: ``decode`` (until
-        the decoder returns) and ``compute`` (preprocess + engine + the sync).
+        still does not fit gets a 503 of its own (``halving_on_oom``). ``timings`` accumulates host seconds per
+        stage: ``decode`` (until the decoder returns) and ``compute`` (preprocess + engine + the sync).
         """
-        slots = Slots(items, lambda blob: [blob])
-        results = slots.answers(self.classify(slots.flat, timings), lambda blob, outputs: outputs[0])
-        served = sum(not isinstance(r, RequestError) for r in results)
-        for result in results:
-            if not isinstance(result, RequestError):
-                result.update(batch_size=len(items), images_in_batch=served, engine=self.engine.name)
-        return results
+        slots = Slots(items, lambda job: job.inputs)
+        outputs = self.classify(slots.flat, timings)
+        batch = {"batch_size": len(items), "images_in_batch": sum(isinstance(o, Classified) for o in outputs),
+                 "engine": self.engine.name}
+        return slots.answers(outputs, lambda job, mine: job.reply(mine, batch))
 
-    def classify(self, blobs: Sequence[bytes | bytearray], timings: dict[str, float] | None = None
-                 ) -> list[Answer | RequestError]:
+    def classify(self, blobs: Sequence[bytes | bytearray | RequestError], timings: dict[str, float] | None = None
+                 ) -> list[Classified | RequestError]:
+        """Encoded images (a ``RequestError`` keeps its slot) -> each image's top-k, or why it could not be run."""
         return halving_on_oom(lambda part: self._classify(part, timings), blobs, "image")
 
-    def _classify(self, blobs: Sequence[bytes | bytearray], timings: dict[str, float] | None
-                  ) -> list[Answer | RequestError]:
+    def _classify(self, blobs: Sequence[bytes | bytearray | RequestError], timings: dict[str, float] | None
+                  ) -> list[Classified | RequestError]:
         t0 = time.perf_counter()
         decoded = decode_images(blobs, self.device, self.limits, self.options.exif_orientation)
         t1 = time.perf_counter()
         ok = [i for i, item in enumerate(decoded) if isinstance(item, torch.Tensor)]
-        results: list[Answer | RequestError] = list(decoded)  # errors stay in their slots
+        results: list[Classified | RequestError] = list(decoded)  # errors stay in their slots
         if ok:
             batch = resize_crop_normalize([decoded[i] for i in ok], self.preprocess)
             probs, indices = self.top_k(batch)
@@ -141,12 +139,8 @@ class ResNetRunner:
             timings["decode"] = timings.get("decode", 0.0) + t1 - t0
             timings["compute"] = timings.get("compute", 0.0) + time.perf_counter() - t1
         for row, i in enumerate(ok):
-            results[i] = {
-                "predictions": [
-                    {"label": self.labels[k] if k < len(self.labels) else str(k), "index": k, "probability": p}
-                    for p, k in zip(probs[row], indices[row])
-                ],
-            }
+            names = [self.labels[k] if k < len(self.labels) else str(k) for k in indices[row]]
+            results[i] = Classified(probs[row], indices[row], names)
         return results
 
     @torch.inference_mode()

@@ -16,7 +16,9 @@ from typing import Any, Callable, ClassVar, Protocol, Sequence
 from torchserve_accel.serving.device import claim_device
 from torchserve_accel.serving.metrics import record_batch
 from torchserve_accel.serving.options import options_from_context
-from torchserve_accel.serving.requests import Request, RequestError, request_content_type, request_payload
+from torchserve_accel.serving.requests import (
+    Request, RequestError, binary_parts, request_headers, request_payload,
+)
 
 
 class Runner(Protocol):
@@ -55,9 +57,23 @@ class ModelHandler:
 
     def _parse(self, request: dict, context: Any, idx: int) -> Any:
         try:
-            return self.runner.parse(Request(request_payload(request), request_content_type(context, idx)))
+            parts = binary_parts(request)
+            try:
+                payload = request_payload(request)
+            except RequestError:
+                if len(parts) < 2:  # a multipart request of several parts may name them as it likes
+                    raise
+                payload = parts[0]
+            headers = request_headers(context, idx)
+            return self.runner.parse(Request(payload, headers.get("content-type"), parts, model_of(context), headers))
         except RequestError as err:
             return err
+
+
+def model_of(context: Any) -> tuple[str, str]:
+    """The archive's (name, version) from TorchServe's manifest."""
+    model = (getattr(context, "manifest", None) or {}).get("model") or {}
+    return str(model.get("modelName", "")), str(model.get("modelVersion", ""))
 
 
 def encode_responses(context: Any, answers: Sequence[Any]) -> list[str]:

@@ -8,7 +8,7 @@ the rest of the batch answers 200.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping, Sequence, TypeVar
 
 Item = TypeVar("Item")
@@ -26,16 +26,17 @@ class RequestError(Exception):
     ``MAX_MESSAGE_CHARS`` ASCII characters, whatever client data went into it.
     """
 
-    def __init__(self, status: int, message: str):
+    def __init__(self, status: int, message: str, frame: dict | None = None):
         message = " ".join(message.split()).encode("ascii", "backslashreplace").decode("ascii")
         if len(message) > MAX_MESSAGE_CHARS:
             message = message[: MAX_MESSAGE_CHARS - 3] + "..."
         super().__init__(message)
         self.status = status
         self.message = message
+        self.frame = frame  # fields a protocol wants in every answer, refusals included (``protocols.refusal``)
 
     def to_json(self) -> dict:
-        return {"error": self.message, "status": self.status}
+        return {**(self.frame or {}), "error": self.message, "status": self.status}
 
 
 @dataclass(frozen=True)
@@ -44,11 +45,34 @@ class Request:
 
     ``payload``: the body as TorchServe hands it over: ``bytearray`` for binary bodies, ``str`` for ``text/*``,
     parsed JSON for ``application/json`` (the raw bytes when that JSON does not parse). ``content_type``: the
-    request's Content-Type header, or None.
+    request's Content-Type header, or None. ``parts``: every binary part of a multipart request, in order (one
+    part: the payload). ``model``: the archive's (name, version), for protocols whose answers name them.
+    ``headers``: the request's headers, names lower-cased (none for gRPC calls).
     """
 
     payload: Any
     content_type: str | None = None
+    parts: tuple[bytes | bytearray, ...] = ()
+    model: tuple[str, str] = ("", "")
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Job:
+    """One request, parsed: its inputs to the batch's run, and how to answer it from their outputs.
+
+    ``reply(outputs, batch)``: ``outputs`` holds one output per input (a ``RequestError`` for an input that failed),
+    ``batch`` the facts about the whole batch a native answer carries (``batch_size``, ...); it returns the JSON-able
+    answer, or a ``RequestError`` for the request.
+    """
+
+    inputs: list
+    reply: Callable[[list, dict], Any]
+
+
+def binary_parts(request: Mapping[str, Any]) -> tuple[bytes | bytearray, ...]:
+    """The binary fields of one of TorchServe's request dicts (a multipart request's parts), in order."""
+    return tuple(v for v in request.values() if isinstance(v, (bytes, bytearray)) and len(v) > 0)
 
 
 def request_payload(request: Mapping[str, Any]) -> Any:
@@ -69,14 +93,12 @@ def request_payload(request: Mapping[str, Any]) -> Any:
     )
 
 
-def request_content_type(context: Any, idx: int) -> str | None:
-    """The Content-Type header of request ``idx`` in the batch (any letter case), or None."""
+def request_headers(context: Any, idx: int) -> dict[str, str]:
+    """The headers of request ``idx`` in the batch, names lower-cased. (TorchServe also files per-field headers of
+    a request's parts under the field's name, as dicts: those are not the request's.)"""
     headers_of = getattr(context, "get_all_request_header", None)
     headers = headers_of(idx) if headers_of is not None else None
-    for name, value in (headers or {}).items():
-        if isinstance(value, str) and name.lower() == "content-type":
-            return value
-    return None
+    return {name.lower(): value for name, value in (headers or {}).items() if isinstance(value, str)}
 
 
 def parse_json(payload: str | bytes | bytearray, hint: str) -> Any:

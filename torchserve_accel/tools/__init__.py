@@ -3,9 +3,11 @@
     cli.py          the command: one argparse parser, a subcommand per tool
     commands.py     how each tool module adds its subcommands to that parser
     paths.py        the files archives and instances are made from (shipped in the wheel, or the checkout's)
-    build.py        model archives (.mar) with torch-model-archiver
+    build.py        model archives (.mar, .tar.gz, a directory) with torch-model-archiver
+    bundle.py       the library inside an archive: what workers need of it, its requirements.txt
     launch.py       what starting TorchServe needs: Java 17+, free ports, a per-instance config.properties
     torchserve.py   one TorchServe instance: start, stop, authenticated management and inference calls
+    endpoints.py    any other TorchServe, by its URLs and keys; the loopback check
     mps.py          an NVIDIA MPS daemon private to an instance
     client.py       concurrent predictions from files and texts
     images.py       synthetic photo-like test images

@@ -5,6 +5,8 @@
     torchserve-accel register resnet101.mar --batch-size 32 --max-batch-delay 10
     torchserve-accel predict resnet101 photo.jpg
     torchserve-accel stop
+    torchserve-accel predict resnet101 photo.jpg --url http://127.0.0.1:8080 --token-file key_file.json
+                                                          # any TorchServe, by its URLs and keys (endpoints.py)
 
 ``torchserve-accel COMMAND --help`` says more. ``python -m torchserve_accel`` is the same command, for a
 checkout that is on PYTHONPATH but not installed.
@@ -16,7 +18,7 @@ import argparse
 import signal
 import sys
 
-from torchserve_accel.tools import build, client, demo, images, loadgen, plot, soak, sweep, torchserve
+from torchserve_accel.tools import build, client, demo, endpoints, images, loadgen, plot, soak, sweep, torchserve
 from torchserve_accel.tools.build import ArchiveError
 from torchserve_accel.tools.commands import Commands, add_run_dir
 from torchserve_accel.tools.launch import TorchServeError
@@ -31,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_run_dir(parser)
     commands = Commands(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"),
-                        open_instance=lambda args: torchserve.TorchServe(getattr(args, "run_dir", DEFAULT_RUN_DIR)))
+                        open_instance=lambda args: endpoints.open_instance(args, DEFAULT_RUN_DIR))
     for module in MODULES:
         module.add_commands(commands)
     return parser

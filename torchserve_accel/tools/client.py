@@ -4,7 +4,8 @@
     torchserve-accel predict bert_large --text "first sentence" --text "second one"
 
 Images go as the raw body with their own Content-Type (image/jpeg, image/png, ...); texts go as JSON
-({"text": ...}). Keys come from the instance's key_file.json (``--run-dir``).
+({"text": ...}). Keys come from the instance's key_file.json (``--run-dir``); any other TorchServe is reached by
+``--url URL --token-file FILE`` (endpoints.py).
 """
 
 from __future__ import annotations
@@ -75,7 +76,7 @@ def describe_answer(answer: Answer) -> str:
 
 def add_commands(commands: Commands) -> None:
     p = commands.add("predict", _predict, "send images or texts to a TorchServe model concurrently", instance=True,
-                     details=__doc__)
+                     details=__doc__, target="inference")
     p.add_argument("model")
     p.add_argument("files", nargs="*", type=Path, help="image files (sent raw with their Content-Type)")
     p.add_argument("--text", action="append", default=[], help="a text to send as JSON (repeatable)")

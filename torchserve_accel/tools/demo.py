@@ -5,6 +5,9 @@
     torchserve-accel demo [the same options]
 
 (run_main.sh sets up .venv and Java first, then runs this with the venv's Python.)
+Workers: the archives' model-configs are tuned for one H100/H200 (10 ResNet-101 workers, 2 BERT-Large). On a GPU
+the job takes as many of those as fit the free memory of the GPUs it finds (WORKER_GIB per worker, workers spread
+round-robin over the GPUs) and says why; on the CPU 2 and 1; ``--workers N`` sets them.
 Steps: build model_store/resnet101.mar (random weights unless --weights) -> start TorchServe in .run/main ->
 register with batching on -> send N synthetic JPEGs concurrently -> print predictions, worker status and the
 handler's batch metrics -> the same for bert_large.mar and a few texts with --bert -> stop TorchServe (also on
@@ -15,14 +18,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import signal
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
-from torchserve_accel.tools.build import ArchiveError, build_archive
+from torchserve_accel.tools import gpu
+from torchserve_accel.tools.build import ArchiveError, archive_inputs, build_archive
 from torchserve_accel.tools.client import describe_answer, send_all
 from torchserve_accel.tools.commands import Commands
 from torchserve_accel.tools.images import write_images
@@ -36,6 +41,10 @@ MODEL = "resnet101"
 BERT = "bert_large"
 DEFAULT_DEMO_RUN_DIR = WORKDIR / ".run" / "main"
 CPU_WORKERS = {MODEL: 2, BERT: 1}  # the archives' worker counts are tuned for a GPU (archiver_configs/)
+# GPU memory per worker, with room: benchmarks/results/served_h200.json has 2,416 MiB for one ResNet-101 worker and
+# 4,828 for two; a second BERT-Large worker added 2,744 MiB, and batches of 32k tokens take more.
+WORKER_GIB = {MODEL: 2.5, BERT: 4.0}
+USABLE = 0.9  # of a GPU's free memory: the rest for fragmentation and what else starts on the card
 TEXTS = [
     "The new phone arrived a day early and the battery lasts all week.",
     "I waited forty minutes for a cold meal and nobody apologised.",
@@ -67,6 +76,54 @@ def handler_batches(ts: TorchServe, model: str, at_least: int, timeout: float = 
         return (batches, requests_) if requests_ >= at_least else None
 
     return wait_until(arrived, timeout, interval=0.2) or counters()
+
+
+def plan_gpu_workers(configured: dict[str, int], free_mib: Sequence[float], card: str = "GPU",
+                     worker_gib: dict[str, float] = WORKER_GIB) -> tuple[dict[str, int], str]:
+    """Workers per model that fit the GPUs' free memory (``free_mib``, one entry per visible GPU), each at most
+    its model-config count (``configured``) and at least 1, and the reason in one line.
+
+    TorchServe spreads a model's workers round-robin over the GPUs, so a GPU holds ceil(workers / GPUs) of each
+    model; while they do not fit the emptiest GPU, the model whose workers take the most memory there gives one up.
+    """
+    gpus, budget = len(free_mib), min(free_mib) * USABLE / 1024
+
+    def per_gpu(plan: dict[str, int], model: str) -> float:
+        return math.ceil(plan[model] / gpus) * worker_gib[model]
+
+    plan = dict(configured)
+    while sum(per_gpu(plan, m) for m in plan) > budget and any(n > 1 for n in plan.values()):
+        plan[max((m for m in plan if plan[m] > 1), key=lambda m: per_gpu(plan, m))] -= 1
+    used = sum(per_gpu(plan, m) for m in plan)
+    counts = ", ".join(f"{m} {plan[m]} (model-config {configured[m]}, ~{worker_gib[m]:g} GiB each)" for m in plan)
+    where = f"{gpus}x {card}, {min(free_mib) / 1024:.1f} GiB free on the emptiest, {USABLE:.0%} of it usable"
+    if used > budget:
+        why = f"even 1 worker per model needs ~{used:.1f} GiB of {budget:.1f}: they may run out of memory"
+    elif plan == configured:
+        why = "the model-config's counts fit"
+    else:
+        why = f"the model-config's counts need more than {budget:.1f} GiB per GPU"
+    return plan, f"workers: {counts}: {where}; {why}"
+
+
+def choose_workers(models: Sequence[str], workers: int | None, on_gpu: bool) -> dict[str, int | None]:
+    """Worker count per model (None: the model-config's): ``workers`` when given; on the CPU, CPU_WORKERS; on a GPU,
+    as many of the model-config's as fit its free memory (``plan_gpu_workers``, printed with the reason)."""
+    if workers is not None:
+        return {m: workers for m in models}
+    if not on_gpu:
+        return {m: CPU_WORKERS[m] for m in models}
+    import yaml
+
+    configured = {m: int(yaml.safe_load(archive_inputs(m)[2].read_text())["minWorkers"]) for m in models}
+    memory = gpu.memory_mib(gpu.visible_indices())
+    if not memory:
+        print(f"workers: the model-configs' {configured} (GPU memory not readable: no NVML, no nvidia-smi)")
+        return {m: None for m in models}
+    names = gpu.card_names()
+    plan, why = plan_gpu_workers(configured, [s["memory_free_mib"] for s in memory], names[0] if names else "GPU")
+    print(why, flush=True)
+    return {m: (plan[m] if plan[m] != configured[m] else None) for m in models}
 
 
 def serve_and_query(ts: TorchServe, model: str, items: list[tuple[str, bytes | str, str]], what: str,
@@ -114,15 +171,16 @@ def run_demo(args: Any) -> int:
 
     run_dir = getattr(args, "run_dir", DEFAULT_DEMO_RUN_DIR)
     ts = TorchServe(run_dir)
-    gpu = torch.cuda.is_available()
+    on_gpu = torch.cuda.is_available()
     try:
         models = [(MODEL, args.weights)] + ([(BERT, args.bert_weights)] if args.bert else [])
+        workers = choose_workers([model for model, _ in models], args.workers, on_gpu)
         for model, weights in models:
             step(f"building {args.model_store / (model + '.mar')}")
-            workers = args.workers if args.workers is not None else (None if gpu else CPU_WORKERS[model])
-            overrides = {"minWorkers": workers, "maxWorkers": workers} if workers is not None else None
+            count = workers[model]
+            overrides = {"minWorkers": count, "maxWorkers": count} if count is not None else None
             build_archive(model, weights, args.model_store, force=True, log=lambda m: print(m, flush=True),
-                          config_overrides=overrides)
+                          config_overrides=overrides, bundle=True)
 
         step("starting TorchServe")
         ts.start(args.model_store, ports=args.ports, mps="auto")  # MPS where a GPU and the daemon are there
@@ -164,8 +222,8 @@ def add_commands(commands: Commands) -> None:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--max-batch-delay", type=int, default=100, help="ms")
     p.add_argument("--workers", type=int, default=None,
-                   help="workers per model (default: the archive's model-config on a GPU; on the CPU "
-                        "2 for ResNet-101, 1 for BERT-Large)")
+                   help="workers per model (default: on a GPU, as many of the model-config's as fit its free memory; "
+                        "on the CPU 2 for ResNet-101, 1 for BERT-Large)")
     p.add_argument("--ports", type=parse_ports, default=None,
                    help="'free', or INFERENCE,MANAGEMENT,METRICS[,GRPC_INFERENCE,GRPC_MANAGEMENT] "
                         "(default: config.properties: 8080-8082, gRPC 7070-7071)")

@@ -3,12 +3,14 @@
 
 Sampled fields, by the names result documents use: ``util`` (GPU busy, %), ``memory_mib`` (memory in use),
 ``sm_mhz`` / ``max_sm_mhz`` (SM clock), ``power_w`` / ``power_limit_w``, ``throttle`` (active clock-throttle
-reasons, the bit mask as nvidia-smi prints it: ``0x0000000000000004`` is the software power cap).
+reasons, the bit mask as nvidia-smi prints it: ``0x0000000000000004`` is the software power cap). Read once:
+``memory_free_mib`` / ``memory_total_mib`` (``memory_mib()``, for choosing how many workers fit).
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import subprocess
 import threading
@@ -38,6 +40,14 @@ FIELDS = {
     "throttle": Field("clocks_throttle_reasons.active",
                       lambda nv, h: f"0x{nv.nvmlDeviceGetCurrentClocksEventReasons(h):016x}", text=True),
 }
+
+
+# Read once rather than sampled: how much memory each GPU has, and has free (memory_mib).
+CAPACITY = {
+    "memory_free_mib": Field("memory.free", lambda nv, h: nv.nvmlDeviceGetMemoryInfo(h).free / 2**20),
+    "memory_total_mib": Field("memory.total", lambda nv, h: nv.nvmlDeviceGetMemoryInfo(h).total / 2**20),
+}
+ALL_FIELDS = {**FIELDS, **CAPACITY}
 
 
 class Nvml:
@@ -81,7 +91,7 @@ class Nvml:
         samples = []
         for i in range(len(self.handles)) if indices is None else [i for i in indices if i < len(self.handles)]:
             try:
-                values = {f: FIELDS[f].nvml(self.nv, self.handles[i]) for f in fields}
+                values = {f: ALL_FIELDS[f].nvml(self.nv, self.handles[i]) for f in fields}
             except self.nv.NVMLError:
                 continue
             samples.append({"t": time.monotonic(), "index": i, **values})
@@ -125,13 +135,13 @@ class NvidiaSmi:
         if len(row) != len(fields) + 1:
             return None
         try:
-            values = {f: v if FIELDS[f].text else float(v) for f, v in zip(fields, row[1:])}
+            values = {f: v if ALL_FIELDS[f].text else float(v) for f, v in zip(fields, row[1:])}
             return {"t": time.monotonic(), "index": int(row[0]), **values}
         except ValueError:
             return None
 
     def read(self, fields: Sequence[str], indices: Sequence[int] | None = None) -> list[dict[str, Any]]:
-        rows = self.query("--query-gpu=" + ",".join(["index", *(FIELDS[f].smi for f in fields)]))
+        rows = self.query("--query-gpu=" + ",".join(["index", *(ALL_FIELDS[f].smi for f in fields)]))
         samples = [self.sample(fields, row) for row in rows]
         return [s for s in samples if s is not None and (indices is None or s["index"] in indices)]
 
@@ -165,6 +175,28 @@ def card_names() -> list[str]:
             return []
 
 
+def visible_indices(env: dict[str, str] | None = None) -> list[int] | None:
+    """The GPUs ``CUDA_VISIBLE_DEVICES`` leaves to CUDA, as NVML indices (TorchServe counts them the same way);
+    None when it is not set, or names GPUs otherwise than by index (then: all)."""
+    value = (os.environ if env is None else env).get("CUDA_VISIBLE_DEVICES")
+    if value is None:
+        return None
+    try:
+        return [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        return None
+
+
+def memory_mib(indices: Sequence[int] | None = None) -> list[dict[str, Any]]:
+    """Each GPU's (of ``indices``, default all) ``memory_free_mib`` and ``memory_total_mib`` now ([] without a
+    GPU, or where neither NVML nor nvidia-smi answers)."""
+    with gpus() as backend:
+        try:
+            return backend.read(["memory_free_mib", "memory_total_mib"], indices) if backend else []
+        except GpuError:
+            return []
+
+
 class GpuSampler:
     """Samples ``fields`` of every GPU (or of ``indices``) every ``interval_ms`` in a background thread while the
     block runs; ``samples`` is a list of ``NvidiaSmi.sample``-shaped dicts, ``available`` False (and no samples)
@@ -187,7 +219,7 @@ class GpuSampler:
             self._thread = threading.Thread(target=self._poll_nvml, args=(backend,), daemon=True)
         elif isinstance(backend, NvidiaSmi):
             args = ["nvidia-smi", *([f"--id={','.join(map(str, self.indices))}"] if self.indices else []),
-                    "--query-gpu=" + ",".join(["index", *(FIELDS[f].smi for f in self.fields)]),
+                    "--query-gpu=" + ",".join(["index", *(ALL_FIELDS[f].smi for f in self.fields)]),
                     "--format=csv,noheader,nounits", "-lms", str(self.interval_ms)]
             try:
                 self._proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)

@@ -21,7 +21,9 @@ seconds and measures the maximum, and the soak runs at ``--rate-fraction`` (0.8)
 ``--burst-s`` seconds.
 
 Host memory comes from psutil. GPU memory is per worker process where NVML (or nvidia-smi) lists the workers'
-pids, else (another pid namespace, e.g. a container) the memory in use on the whole GPU. The JSON (``--out``)
+pids, else (another pid namespace, e.g. a container) the memory in use on the whole GPU. A TorchServe on another
+machine (``--url``, ``--management-url``, ``--token-file``: endpoints.py) is judged on failures and restarts
+only: its workers' memory cannot be read from here. The JSON (``--out``)
 holds the configuration, each segment's figures, the memory series and the verdict; the exit status is 0 when
 the soak passed.
 """
@@ -32,7 +34,7 @@ import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import psutil
 
@@ -42,10 +44,11 @@ from torchserve_accel.tools.gpu import GpuError, gpus
 from torchserve_accel.tools.launch import TorchServeError
 from torchserve_accel.tools.loadgen import LoadConfig, Payload, add_payload_arguments, payloads_from, run_load
 from torchserve_accel.tools.loadgen.driver import default_processes
-from torchserve_accel.tools.loadgen.probes import describe_card, describe_server, software_versions
+from torchserve_accel.tools.loadgen.probes import HostCpu, describe_card, describe_server, software_versions
 from torchserve_accel.tools.torchserve import TorchServe
 
 SCHEMA = "torchserve-accel/soak/1"
+NOT_LOCAL = "not measured: the workers are not processes of this machine (failures and restarts are still judged)"
 
 
 # ---------------------------------------------------------------------------------------------- memory
@@ -100,6 +103,27 @@ class MemorySample:
     rss_per_worker: dict[str, int]
     frontend_rss_bytes: int  # the Java frontend alone, for information (its heap grows until a GC)
     gpu: dict[str, Any] | None
+
+
+def workers_are_local(pids: Iterable[int]) -> bool:
+    """True when every pid is a TorchServe worker process of this machine (a remote TorchServe's are not)."""
+    for pid in pids:
+        try:
+            if HostCpu.WORKER_MARK not in " ".join(psutil.Process(int(pid)).cmdline()):
+                return False
+        except (psutil.Error, ValueError, TypeError):
+            return False
+    return True
+
+
+def frontend_of(pids: Iterable[int]) -> int | None:
+    """The parent of the first worker that is still there: the Java frontend."""
+    for pid in pids:
+        try:
+            return psutil.Process(int(pid)).ppid()
+        except (psutil.Error, ValueError, TypeError):
+            continue
+    return None
 
 
 def sample_memory(pids: dict[str, int], frontend_pid: int | None, t0: float) -> MemorySample:
@@ -193,10 +217,15 @@ def run_soak(ts: TorchServe, model: str, payloads: Sequence[Payload], config: So
     log(f"[soak] {model}: {config.minutes:g} min at {rate:g} req/s ({len(pids)} worker(s)), "
         f"after {config.warmup_s:g} s of warm-up")
 
+    local = workers_are_local(pids.values())
+    frontend = (ts.frontend_pid() or frontend_of(pids.values())) if local else None
+    if not local:
+        log(f"[soak] {model}: memory {NOT_LOCAL}")
+
     doc["warmup"] = _segment(ts, model, payloads, rate, config.warmup_s, config, seed=0, log=log, probe=True)
     time.sleep(config.settle_s)
     t0 = time.monotonic()
-    samples = [sample_memory(pids, ts.info.pid, t0)]
+    samples = [sample_memory(pids, frontend, t0)] if local else []
     segments = []
     left = config.minutes * 60.0
     while left > 0.5:
@@ -204,13 +233,11 @@ def run_soak(ts: TorchServe, model: str, payloads: Sequence[Payload], config: So
         segments.append(_segment(ts, model, payloads, rate, seconds, config, seed=len(segments) + 1, log=log))
         left -= seconds
         time.sleep(config.settle_s)
-        samples.append(sample_memory(pids, ts.info.pid, t0))
+        if local:
+            samples.append(sample_memory(pids, frontend, t0))
     after = workers_of(ts, model)
 
-    start, end = samples[0], samples[-1]
-    rss_growth = trend_growth([s.rss_bytes for s in samples])
-    gpu_series = [s.gpu["total_mib"] for s in samples if s.gpu]
-    gpu_growth = trend_growth(gpu_series) if len(gpu_series) == len(samples) else None
+    memory, memory_failures = judge_memory(samples, config.max_growth) if local else ({"judged": NOT_LOCAL}, [])
     sent = sum(s["started"] for s in segments)
     window = sum(s["window_s"] for s in segments)
     doc.update(
@@ -219,16 +246,7 @@ def run_soak(ts: TorchServe, model: str, payloads: Sequence[Payload], config: So
                                                                     doc.get("burst", {})] if s),
                 "mean_rate": round(sent / window, 2) if window else None,
                 "p99_ms_worst_segment": max((s["latency_ms"]["p99"] or 0.0 for s in segments), default=None)},
-        memory={"samples": [asdict(s) for s in samples], "rss_start_mb": round(start.rss_bytes / 2**20, 1),
-                "rss_end_mb": round(end.rss_bytes / 2**20, 1),
-                "rss_max_mb": round(max(s.rss_bytes for s in samples) / 2**20, 1),
-                "frontend_rss_mb": [round(s.frontend_rss_bytes / 2**20, 1) for s in samples],
-                "rss_growth": None if rss_growth is None else round(rss_growth, 5),
-                "rss_growth_first_to_last": _round(growth(start.rss_bytes, end.rss_bytes)),
-                "gpu_start_mib": start.gpu["total_mib"] if start.gpu else None,
-                "gpu_end_mib": end.gpu["total_mib"] if end.gpu else None,
-                "gpu_growth": None if gpu_growth is None else round(gpu_growth, 5),
-                "judged": "median of the last third of the samples over the median of the middle third"},
+        memory=memory,
         workers_after=after,
     )
     failures = []
@@ -236,15 +254,36 @@ def run_soak(ts: TorchServe, model: str, payloads: Sequence[Payload], config: So
         failures.append(f"{doc['totals']['failed']} failed request(s)")
     if {k: v["pid"] for k, v in after.items()} != pids or any(w["status"] != "READY" for w in after.values()):
         failures.append(f"workers changed (restart?): before {before}, after {after}")
-    if rss_growth is None or rss_growth >= config.max_growth:
-        failures.append(f"worker RSS trends up {_pct(rss_growth)} (last third over middle third of "
-                        f"{len(samples)} samples; {doc['memory']['rss_start_mb']} -> {doc['memory']['rss_end_mb']} MB "
-                        f"first to last; limit {config.max_growth:.0%})")
-    if gpu_growth is not None and gpu_growth >= config.max_growth:
-        failures.append(f"GPU memory trends up {_pct(gpu_growth)} ({doc['memory']['gpu_start_mib']} -> "
-                        f"{doc['memory']['gpu_end_mib']} MiB first to last; limit {config.max_growth:.0%})")
+    failures += memory_failures
     doc["passed"], doc["failures"] = not failures, failures
     return doc
+
+
+def judge_memory(samples: Sequence[MemorySample], max_growth: float) -> tuple[dict[str, Any], list[str]]:
+    """The memory figures of a soak and what fails it: worker RSS or GPU memory trending up by ``max_growth``."""
+    start, end = samples[0], samples[-1]
+    rss_growth = trend_growth([s.rss_bytes for s in samples])
+    gpu_series = [s.gpu["total_mib"] for s in samples if s.gpu]
+    gpu_growth = trend_growth(gpu_series) if len(gpu_series) == len(samples) else None
+    memory = {"samples": [asdict(s) for s in samples], "rss_start_mb": round(start.rss_bytes / 2**20, 1),
+              "rss_end_mb": round(end.rss_bytes / 2**20, 1),
+              "rss_max_mb": round(max(s.rss_bytes for s in samples) / 2**20, 1),
+              "frontend_rss_mb": [round(s.frontend_rss_bytes / 2**20, 1) for s in samples],
+              "rss_growth": None if rss_growth is None else round(rss_growth, 5),
+              "rss_growth_first_to_last": _round(growth(start.rss_bytes, end.rss_bytes)),
+              "gpu_start_mib": start.gpu["total_mib"] if start.gpu else None,
+              "gpu_end_mib": end.gpu["total_mib"] if end.gpu else None,
+              "gpu_growth": None if gpu_growth is None else round(gpu_growth, 5),
+              "judged": "median of the last third of the samples over the median of the middle third"}
+    failures = []
+    if rss_growth is None or rss_growth >= max_growth:
+        failures.append(f"worker RSS trends up {_pct(rss_growth)} (last third over middle third of "
+                        f"{len(samples)} samples; {memory['rss_start_mb']} -> {memory['rss_end_mb']} MB "
+                        f"first to last; limit {max_growth:.0%})")
+    if gpu_growth is not None and gpu_growth >= max_growth:
+        failures.append(f"GPU memory trends up {_pct(gpu_growth)} ({memory['gpu_start_mib']} -> "
+                        f"{memory['gpu_end_mib']} MiB first to last; limit {max_growth:.0%})")
+    return memory, failures
 
 
 def _round(value: float | None) -> float | None:
@@ -260,12 +299,14 @@ def one_line(doc: dict[str, Any]) -> str:
         return f"soak {doc.get('model')}: ERROR {doc['error']}"
     m, t = doc["memory"], doc["totals"]
     verdict = "PASSED" if doc["passed"] else "FAILED: " + "; ".join(doc["failures"])
-    gpu = ""
-    if m["gpu_growth"] is not None:
-        gpu = f", GPU {m['gpu_start_mib']} -> {m['gpu_end_mib']} MiB ({_pct(m['gpu_growth'])})"
+    if "rss_start_mb" not in m:
+        memory = "memory not measured (the workers are not on this machine)"
+    else:
+        memory = f"RSS {m['rss_start_mb']} -> {m['rss_end_mb']} MB ({_pct(m['rss_growth'])})"
+        if m["gpu_growth"] is not None:
+            memory += f", GPU {m['gpu_start_mib']} -> {m['gpu_end_mib']} MiB ({_pct(m['gpu_growth'])})"
     return (f"soak {doc['model']}: {t['sent']} requests at {t['mean_rate']}/s, {t['failed']} failed, worst p99 "
-            f"{t['p99_ms_worst_segment']} ms, RSS {m['rss_start_mb']} -> {m['rss_end_mb']} MB "
-            f"({_pct(m['rss_growth'])}){gpu}: {verdict}")
+            f"{t['p99_ms_worst_segment']} ms, {memory}: {verdict}")
 
 
 # ---------------------------------------------------------------------------------------------- command line
@@ -273,7 +314,7 @@ def one_line(doc: dict[str, Any]) -> str:
 
 def add_commands(commands: Commands) -> None:
     p = commands.add("soak", _soak, "steady load for N minutes: no failure, no restart, bounded memory",
-                     instance=True, details=__doc__)
+                     instance=True, details=__doc__, target="inference", also=("management", "metrics"))
     p.add_argument("--model", required=True, help="registered model name")
     p.add_argument("--minutes", type=float, default=10.0, help="soak length after the warm-up (default 10)")
     p.add_argument("--rate", type=float, default=None,

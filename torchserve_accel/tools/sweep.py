@@ -58,7 +58,8 @@ def build_bench_archive(name: str, store: Path, weights: Path | None = None, wor
     """Build ``store/<name>.mar`` for a benchmark (overwriting it); ``name`` is one of BENCH_ARCHIVES.
 
     ``workers``: our archives' minWorkers/maxWorkers in model-config (None keeps the repository's values).
-    ``overrides``: more model-config changes for our archives (``build.parse_overrides``).
+    ``overrides``: more model-config changes for our archives (``build.parse_overrides``). Our archives carry the
+    library, as ``torchserve-accel build`` makes them; the stock-style baseline does not import it.
     """
     if name == "resnet101_baseline":
         from importlib import resources
@@ -70,7 +71,7 @@ def build_bench_archive(name: str, store: Path, weights: Path | None = None, wor
     changes = dict(overrides or {})
     if workers is not None:
         changes.update(minWorkers=workers, maxWorkers=workers)
-    return build_archive(name, weights, store, force=True, log=log, config_overrides=changes or None)
+    return build_archive(name, weights, store, force=True, log=log, config_overrides=changes or None, bundle=True)
 
 
 # ---------------------------------------------------------------------------------------------- workers

@@ -10,12 +10,14 @@ An instance lives in a run directory:
 Several instances can run at once: each has its own run directory, TMPDIR and ports.
 
     torchserve-accel start [--model-store DIR] [--ports free | --ports 8080,8081,8082] [--mps [auto|on|off]]
+                           [--python /opt/torchserve/bin/python]   # TorchServe and its workers run with that Python
     torchserve-accel register resnet101.mar --batch-size 8 --max-batch-delay 50   # a name in the store
     torchserve-accel scale resnet101 --min 2 --max 2
     torchserve-accel describe resnet101
     torchserve-accel unregister resnet101
     torchserve-accel stop
-(each with ``--run-dir DIR``; ``python scripts/tsctl.py ...`` runs the same commands)
+(each with ``--run-dir DIR``; ``python scripts/tsctl.py ...`` runs the same commands; register, scale, describe and
+unregister drive any other TorchServe with ``--management-url URL --token-file FILE`` instead: endpoints.py)
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ class InstanceInfo:
     grpc_ports: tuple[int, int] = (7070, 7071)  # TorchServe always starts its gRPC servers too
     host: str = "127.0.0.1"
     mps: bool = False  # workers are clients of an MPS daemon private to this run directory (mps.py)
+    python: str | None = None  # the interpreter TorchServe and its workers run with
 
 
 def pid_alive(pid: int) -> bool:
@@ -74,8 +77,11 @@ class TorchServe:
 
     Requests carry ``Authorization: Bearer <key>`` from ``run_dir/key_file.json``. When TorchServe refuses a
     key (expired keys are refused like wrong ones: 400 "Token Authorization failed"), the key is rotated
-    through the management API with the API key and the request is retried once.
+    through the management API with the API key and the request is retried once. (``endpoints.TorchServeAt``: the
+    same calls to a TorchServe given by URLs and keys.)
     """
+
+    remote_allowed = False  # the load generator drives loopback addresses only, unless this says otherwise
 
     def __init__(self, run_dir: Path | str = DEFAULT_RUN_DIR, base_config: Path | str = BASE_CONFIG):
         self.run_dir = Path(run_dir).resolve()
@@ -131,6 +137,7 @@ class TorchServe:
         timeout: float = 120.0,
         log: Log = print,
         mps: bool | str = False,
+        python: Path | str | None = None,
     ) -> None:
         """Start TorchServe in ``run_dir`` and wait until /ping answers "Healthy".
 
@@ -139,6 +146,8 @@ class TorchServe:
         ``mps``: start an NVIDIA MPS control daemon for this instance first and make every worker its client
         (``mps.py``); ``stop`` quits it. ``"auto"``: only where the control program and a GPU are there
         (``mps_decision``), and a daemon that fails to start is logged and TorchServe starts without it.
+        ``python``: the interpreter TorchServe and its workers run with (default: this one); it needs TorchServe
+        (``ts``), and the ``torchserve_accel`` library unless the archives carry it.
         """
         if (self.run_dir / "instance.json").exists() and self.pid_alive():
             raise TorchServeError(f"TorchServe already runs from {self.run_dir} (pid {self.info.pid}); stop it first")
@@ -146,6 +155,7 @@ class TorchServe:
         model_store = Path(model_store).resolve()
         if not model_store.is_dir():
             raise TorchServeError(f"model store {model_store} is not a directory")
+        python = check_python(python or sys.executable)
         java_home = find_java_home()
         log(f"Java: {java_home or shutil.which('java')}")
 
@@ -164,9 +174,10 @@ class TorchServe:
             **(config_overrides or {}),
         })
         env, mps = self._environment(java_home, mps, log)
-        # Workers run under this same interpreter (torchserve passes --python sys.executable), so they
-        # import the torchserve_accel library installed in this environment.
-        cmd = [sys.executable, "-c", "from ts.model_server import start; start()",
+        # Workers run under the interpreter that runs TorchServe (it passes its sys.executable to the frontend).
+        if python != sys.executable:
+            log(f"Python: {python}")
+        cmd = [python, "-c", "from ts.model_server import start; start()",
                "--start", "--ncs", "--ts-config", str(config), "--model-store", str(model_store)]
         log(f"starting TorchServe in {self.run_dir} (inference :{ports[0]}, management :{ports[1]}, "
             f"metrics :{ports[2]}, gRPC :{ports[3]}/:{ports[4]}; log {self.log_file})")
@@ -180,7 +191,7 @@ class TorchServe:
         pid_file = self.tmp_dir / ".model_server.pid"
         pid = int(pid_file.read_text().split()[0]) if pid_file.exists() else None
         self._info = InstanceInfo(ports[0], ports[1], ports[2], str(model_store), pid, (ports[3], ports[4]),
-                                  mps=mps)
+                                  mps=mps, python=python)
         (self.run_dir / "instance.json").write_text(json.dumps(asdict(self._info), indent=1))
         self._keys = None
         self._wait_healthy(timeout, log)
@@ -329,14 +340,22 @@ class TorchServe:
         headers = kwargs.pop("headers", {})
         url = self.url(api, path)
         for attempt in (0, 1):
-            key = self.keys()[api]
-            answer = self._session.request(method, url, timeout=timeout,
-                                           headers={**headers, "Authorization": f"Bearer {key}"}, **kwargs)
-            if attempt == 0 and answer.status_code in (400, 401) and TOKEN_FAILED in answer.text:
+            key = self.keys().get(api)
+            auth = {"Authorization": f"Bearer {key}"} if key else {}
+            answer = self._session.request(method, url, timeout=timeout, headers={**headers, **auth}, **kwargs)
+            if attempt == 0 and self.key_refused(answer):
                 self.rotate_key(api, refused_key=key)
                 continue
             break
         return answer
+
+    def key_refused(self, answer: requests.Response) -> bool:
+        """TorchServe's answer to a missing, wrong or expired key."""
+        return answer.status_code in (400, 401) and TOKEN_FAILED in answer.text
+
+    def frontend_pid(self) -> int | None:
+        """The Java frontend's pid on this machine (None when it is not known here)."""
+        return self.info.pid
 
     def _json(self, api: str, method: str, path: str, **kwargs: Any) -> Any:
         answer = self.request(api, method, path, **kwargs)
@@ -391,6 +410,25 @@ class TorchServe:
         return answer.text
 
 
+def check_python(python: Path | str) -> str:
+    """``python`` as an absolute path, once it is known to run and to import TorchServe (``ts``)."""
+    path = shutil.which(str(python)) or str(python)
+    if not os.path.isfile(path) or not os.access(path, os.X_OK):
+        raise TorchServeError(f"Python {python}: not an executable file")
+    path = os.path.abspath(path)  # not resolved: a virtual environment's python is a link to its base's
+    if path == os.path.abspath(sys.executable):
+        return sys.executable
+    try:
+        done = subprocess.run([path, "-c", "import ts.model_server"], capture_output=True, text=True, timeout=120,
+                              stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        raise TorchServeError(f"Python {python} did not run: {err}") from None
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
+        raise TorchServeError(f"Python {python} cannot run TorchServe ({last}): install torchserve there")
+    return path
+
+
 def _message(answer: requests.Response) -> str:
     try:
         return answer.json().get("message", answer.text.strip())
@@ -420,11 +458,15 @@ def add_commands(commands: Commands) -> None:
     p.add_argument("--mps", nargs="?", const="on", default="auto", choices=("auto", "on", "off"),
                    help="run the workers under an NVIDIA MPS daemon private to this instance: auto (default: when "
                         "nvidia-cuda-mps-control and a GPU are there), on (--mps alone; fail if it cannot), off")
+    p.add_argument("--python", type=Path, default=None,
+                   help="the Python that runs TorchServe and its workers, e.g. an existing TorchServe install's "
+                        "(default: this one); archives built without --no-bundle need no torchserve_accel there")
 
     p = commands.add("stop", lambda ts, a: ts.stop(timeout=a.timeout), "stop TorchServe", instance=True)
     p.add_argument("--timeout", type=float, default=60)
 
-    p = commands.add("register", _register, "register an archive from the model store", instance=True)
+    p = commands.add("register", _register, "register an archive from the model store", instance=True,
+                     target="management")
     p.add_argument("url", help="archive name in the model store, e.g. resnet101.mar")
     p.add_argument("--name", default=None)
     p.add_argument("--batch-size", type=int, default=None, help="default: the archive's model-config batchSize")
@@ -434,18 +476,18 @@ def add_commands(commands: Commands) -> None:
     p.add_argument("--response-timeout", type=int, default=None, help="s; default: the archive's responseTimeout")
     p.add_argument("--asynchronous", action="store_true", help="return before workers are up")
 
-    p = commands.add("scale", _scale, "set a model's worker count", instance=True)
+    p = commands.add("scale", _scale, "set a model's worker count", instance=True, target="management")
     p.add_argument("name")
     p.add_argument("--min", type=int, required=True, dest="min_worker")
     p.add_argument("--max", type=int, default=None, dest="max_worker")
     p.add_argument("--asynchronous", action="store_true")
 
-    p = commands.add("describe", _describe, "model status and workers", instance=True)
+    p = commands.add("describe", _describe, "model status and workers", instance=True, target="management")
     p.add_argument("name")
     p.add_argument("--json", action="store_true")
 
     p = commands.add("unregister", lambda ts, a: print(ts.unregister(a.name)["status"]), "unregister a model",
-                     instance=True)
+                     instance=True, target="management")
     p.add_argument("name")
 
     commands.add("rotate-keys", _rotate_keys, "rotate the management and inference keys", instance=True)
@@ -453,7 +495,7 @@ def add_commands(commands: Commands) -> None:
 
 def _start(ts: TorchServe, args: Any) -> None:
     ts.base_config = args.config
-    ts.start(args.model_store, ports=args.ports, timeout=args.timeout, mps=args.mps)
+    ts.start(args.model_store, ports=args.ports, timeout=args.timeout, mps=args.mps, python=args.python)
 
 
 def _register(ts: TorchServe, args: Any) -> None:

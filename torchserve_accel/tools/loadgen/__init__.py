@@ -10,10 +10,10 @@ Payloads (payloads.py): ImageNet-like 500x375 JPEGs at quality 90 (``images.make
 a folder; for text models, texts of 4..100 common words, each fitting a 128-token sequence.
 
 Load (loops.py, http.py): ``--processes`` OS processes, each an asyncio event loop with its own keep-alive
-HTTP/1.1 connections to 127.0.0.1 (loopback only), so the client is not the bottleneck (each process reports its
-CPU use). Closed loop: ``--concurrency`` requests always in flight, split over the processes. Open loop: Poisson
-arrivals at ``--rate`` requests/s in total; latency counts from the scheduled arrival, so a client-side wait for
-a free connection is part of it (no coordinated omission).
+HTTP/1.1 connections (loopback only unless ``--allow-remote``; plain HTTP), so the client is not the bottleneck
+(each process reports its CPU use). Closed loop: ``--concurrency`` requests always in flight, split over the
+processes. Open loop: Poisson arrivals at ``--rate`` requests/s in total; latency counts from the scheduled
+arrival, so a client-side wait for a free connection is part of it (no coordinated omission).
 
 Timeline (driver.py): ``--warmup`` seconds of load that are not measured, then ``--duration`` seconds measured; no
 new request after that, and each request is bounded by ``--timeout``. ``--max-requests`` caps the total count (the
@@ -25,7 +25,9 @@ window), latency p50/p90/p99/max of requests started inside the window, errors b
 Prometheus counters HandlerBatches and HandlerBatchedRequests over the window), TorchServe's mean queue and
 inference latency per request (ts_* counters), GPU utilization sampled through NVML or nvidia-smi (null without
 either), host and TorchServe CPU time, the card, software versions and the command. Keys come from the instance's
-key_file.json (``--run-dir``).
+key_file.json (``--run-dir``). Any other TorchServe: ``--url``, ``--token-file``, and ``--management-url`` (the
+model's batching and workers in the result) and ``--metrics-url`` (batch sizes, queue times) where they can be
+reached (endpoints.py); the GPU and CPU figures are this machine's.
 """
 
 from __future__ import annotations
@@ -76,7 +78,7 @@ def positive(text: str) -> float:
 
 def add_commands(commands: Commands) -> None:
     p = commands.add("bench", _bench, "drive a registered model with real payloads (closed or open loop)",
-                     instance=True, details=__doc__)
+                     instance=True, details=__doc__, target="inference", also=("management", "metrics"))
     p.add_argument("model", help="registered model name")
     load = p.add_mutually_exclusive_group()
     load.add_argument("--concurrency", type=int, default=64, help="closed loop: requests in flight (default 64)")
@@ -98,7 +100,7 @@ def _bench(ts: TorchServe, args: Any) -> int:
     config = LoadConfig(concurrency=args.concurrency, rate=args.rate, processes=args.processes, warmup_s=args.warmup,
                         duration_s=args.duration, timeout_s=args.timeout, max_requests=args.max_requests,
                         max_connections=args.max_connections, seed=args.seed)
-    ts.info  # noqa: B018  (fails early without an instance)
+    ts.url("inference")  # fails early without an instance
     document = run_and_record(ts, args.model, payloads, config, desc, label=args.label, command=args.command_line,
                               log=lambda m: print(m, flush=True))
     if args.out:

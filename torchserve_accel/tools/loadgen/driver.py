@@ -9,8 +9,10 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from typing import Any, Sequence
+from urllib.parse import urlsplit
 
 from torchserve_accel.tools import Log
+from torchserve_accel.tools.endpoints import check_loopback
 from torchserve_accel.tools.launch import TorchServeError
 from torchserve_accel.tools.loadgen.http import raw_request
 from torchserve_accel.tools.loadgen.loops import LoadProcesses, ProcessSpec
@@ -22,7 +24,6 @@ from torchserve_accel.tools.loadgen.stats import Records, cell, latency_summary,
 from torchserve_accel.tools.torchserve import TorchServe
 
 SCHEMA = "torchserve-accel/loadgen/1"
-LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 MAX_AUTO_CONNECTIONS = 512  # per open-loop process unless max_connections says otherwise
 
 
@@ -82,8 +83,7 @@ def run_load(ts: TorchServe, model: str, payloads: Sequence[Payload], config: Lo
 
 def _check(ts: TorchServe, payloads: Sequence[Payload], config: LoadConfig) -> int:
     """Refuses what this load generator does not do; the number of load processes to run."""
-    if ts.info.host not in LOOPBACK:
-        raise ValueError(f"loadgen only drives loopback servers, not {ts.info.host}")
+    inference_address(ts)
     if not payloads:
         raise ValueError("no payloads")
     if config.rate is not None and config.rate <= 0:
@@ -103,11 +103,22 @@ def probe_model(ts: TorchServe, model: str, payload: Payload, timeout_s: float) 
     return {"status": answer.status_code, "body": answer.text[:300]}
 
 
+def inference_address(ts: TorchServe) -> tuple[str, int, str]:
+    """(host, port, path prefix) of the inference API: loopback unless the instance allows remote addresses; plain
+    HTTP, which is all the load processes speak."""
+    url = ts.url("inference")
+    check_loopback(url, ts.remote_allowed)
+    parts = urlsplit(url)
+    if parts.scheme != "http":
+        raise ValueError(f"the load generator speaks plain HTTP, not {parts.scheme} ({url})")
+    return parts.hostname or "127.0.0.1", parts.port or 80, parts.path.rstrip("/")
+
+
 def _process_specs(ts: TorchServe, model: str, payloads: Sequence[Payload], config: LoadConfig,
                    processes: int) -> list[ProcessSpec]:
-    host, port = ts.info.host, ts.info.inference_port
+    host, port, prefix = inference_address(ts)
     key = ts.keys().get("inference")
-    raws = [raw_request(host, port, f"/predictions/{model}", key, p) for p in payloads]
+    raws = [raw_request(host, port, f"{prefix}/predictions/{model}", key, p) for p in payloads]
     concurrencies = split(config.concurrency, processes) if config.mode == "closed" else [0] * processes
     caps = split(config.max_requests, processes) if config.max_requests else [0] * processes
     per_rate = (config.rate or 0.0) / processes

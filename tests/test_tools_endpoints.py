@@ -1,0 +1,235 @@
+"""The tools against a TorchServe given by URLs and keys (torchserve_accel/tools/endpoints.py), without a TorchServe
+process: the loopback check, key files as TorchServe writes them or holding one key, which instance the command
+line names, keys used as given (no Authorization header without one; a refused key is an error that says there is
+nothing to rotate), a URL's path prefix kept by every client, and ``start --python``."""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+from http.server import ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from torchserve_accel.tools import endpoints, torchserve
+from torchserve_accel.tools.cli import build_parser, main
+from torchserve_accel.tools.endpoints import TorchServeAt
+from torchserve_accel.tools.launch import TorchServeError
+from torchserve_accel.tools.loadgen import driver
+from tests.stubs import JsonHandler
+
+
+@pytest.mark.parametrize("host, loopback", [
+    ("127.0.0.1", True), ("127.3.2.1", True), ("::1", True), ("localhost", True), ("LOCALHOST", True),
+    ("10.0.0.5", False), ("192.168.1.2", False), ("::ffff:10.0.0.1", False), ("0.0.0.0", False),
+    ("torchserve.serving.svc", False), ("localhost.example.com", False), ("127.0.0.1.nip.io", False), ("", False),
+])
+def test_loopback_hosts(host, loopback):
+    assert endpoints.is_loopback(host) is loopback
+
+
+def test_a_remote_url_needs_allow_remote():
+    with pytest.raises(TorchServeError, match=r"--url http://10\.0\.0\.5:8080: 10\.0\.0\.5 is not a loopback.*"
+                                              r"--allow-remote"):
+        endpoints.check_loopback("http://10.0.0.5:8080", allow_remote=False)
+    with pytest.raises(TorchServeError, match="--management-url .*torchserve.serving.svc"):
+        TorchServeAt({"management": "http://torchserve.serving.svc:8081"})
+    endpoints.check_loopback("http://10.0.0.5:8080", allow_remote=True)
+    endpoints.check_loopback("http://[::1]:8080", allow_remote=False)
+    remote = TorchServeAt({"inference": "https://ts.example.com/serving/"}, allow_remote=True)
+    assert remote.url("inference", "/ping") == "https://ts.example.com/serving/ping" and remote.remote_allowed
+
+
+@pytest.mark.parametrize("url", ["127.0.0.1:8080", "ftp://127.0.0.1", "http://", "http://127.0.0.1:99999",
+                                 "http://127.0.0.1:8080/?x=1", "http://127.0.0.1:8080#f"])
+def test_malformed_urls_are_refused(url):
+    with pytest.raises(TorchServeError, match="--url"):
+        TorchServeAt({"inference": url})
+
+
+def test_key_files_as_torchserve_writes_them_or_holding_one_key(tmp_path):
+    key_file = tmp_path / "key_file.json"
+    key_file.write_text(json.dumps({"management": {"key": "m0", "expiration time": "2026-12-02T08:00:00Z"},
+                                    "inference": {"key": "i0", "expiration time": "2026-12-02T08:00:00Z"},
+                                    "API": {"key": "a0"}}))
+    assert endpoints.read_keys(key_file, "inference") == {"management": "m0", "inference": "i0", "API": "a0"}
+    plain = tmp_path / "token"
+    plain.write_text("s3cret\n")
+    assert endpoints.read_keys(plain, "inference") == {"inference": "s3cret"}
+    assert endpoints.read_keys(plain, "management") == {"management": "s3cret"}
+    for text in ("", "two words", json.dumps({"inference": "not an entry"})):
+        plain.write_text(text)
+        with pytest.raises(TorchServeError, match="--token-file"):
+            endpoints.read_keys(plain, "inference")
+    with pytest.raises(TorchServeError, match="--token-file .*missing"):
+        endpoints.read_keys(tmp_path / "missing", "inference")
+
+
+def parse(argv: list[str]):
+    return build_parser().parse_args(argv)
+
+
+def test_the_command_line_names_the_instance(tmp_path):
+    (tmp_path / "token").write_text("k1")
+    run_dir = endpoints.open_instance(parse(["predict", "m", "--text", "t", "--run-dir", str(tmp_path)]))
+    assert type(run_dir) is torchserve.TorchServe and run_dir.run_dir == tmp_path.resolve()
+    default = endpoints.open_instance(parse(["describe", "m"]), default_run_dir=tmp_path / "default")
+    assert type(default) is torchserve.TorchServe and default.run_dir == (tmp_path / "default").resolve()
+
+    given = endpoints.open_instance(parse(["predict", "m", "--text", "t", "--url", "http://127.0.0.1:8080",
+                                           "--token-file", str(tmp_path / "token")]))
+    assert isinstance(given, TorchServeAt) and given.keys() == {"inference": "k1"}
+    assert given.url("inference", "/predictions/m") == "http://127.0.0.1:8080/predictions/m"
+    with pytest.raises(TorchServeError, match="no management API given: pass --management-url"):
+        given.url("management")
+
+    management = endpoints.open_instance(parse(["scale", "m", "--min", "2", "--management-url",
+                                                "http://localhost:8081", "--token-file", str(tmp_path / "token")]))
+    assert management.keys() == {"management": "k1"} and set(management.urls) == {"management"}
+    both = endpoints.open_instance(parse(["soak", "--model", "m", "--url", "http://127.0.0.1:1",
+                                          "--management-url", "http://127.0.0.1:2", "--metrics-url",
+                                          "http://127.0.0.1:3", "--token", "i", "--management-token", "m"]))
+    assert both.keys() == {"inference": "i", "management": "m"} and set(both.urls) == {"inference", "management",
+                                                                                         "metrics"}
+
+    with pytest.raises(TorchServeError, match="either --run-dir or URLs"):
+        endpoints.open_instance(parse(["predict", "m", "--url", "http://127.0.0.1:1", "--run-dir", str(tmp_path)]))
+    with pytest.raises(TorchServeError, match="go with --url"):
+        endpoints.open_instance(parse(["predict", "m", "--token", "k"]))
+    with pytest.raises(TorchServeError, match="not a loopback address"):
+        endpoints.open_instance(parse(["bench", "m", "--url", "http://10.1.1.1:8080"]))
+    remote = endpoints.open_instance(parse(["bench", "m", "--url", "http://10.1.1.1:8080", "--allow-remote"]))
+    assert remote.remote_allowed
+
+
+@pytest.mark.parametrize("command", [["predict", "m"], ["bench", "m"], ["soak", "--model", "m"]])
+def test_inference_tools_take_urls_and_keys(command):
+    args = parse([*command, "--url", "http://127.0.0.1:8080", "--token-file", "k", "--token", "t", "--allow-remote"])
+    assert (args.inference_url, args.inference_token, str(args.token_file), args.allow_remote) == (
+        "http://127.0.0.1:8080", "t", "k", True)
+
+
+@pytest.mark.parametrize("command", [["register", "m.mar"], ["scale", "m", "--min", "1"], ["describe", "m"],
+                                     ["unregister", "m"]])
+def test_management_tools_take_the_management_url_and_key(command):
+    args = parse([*command, "--management-url", "http://127.0.0.1:8081", "--management-token", "t"])
+    assert (args.management_url, args.management_token, args.target_api) == ("http://127.0.0.1:8081", "t",
+                                                                              "management")
+    with pytest.raises(SystemExit):
+        parse([*command, "--url", "http://127.0.0.1:8080"])  # the inference URL is not theirs
+
+
+@pytest.mark.parametrize("command", [["start"], ["stop"], ["rotate-keys"], ["sweep", "wait", "m"]])
+def test_run_dir_commands_take_no_urls(command):
+    with pytest.raises(SystemExit):
+        parse([*command, "--url", "http://127.0.0.1:8080"])
+
+
+# ------------------------------------------------------------------------------------------ against a fake server
+
+
+class FakeServer:
+    """Answers under ``/prefix`` what the tools ask, accepting the key ``good`` only; ``refusal`` is how it says no:
+    TorchServe's 400, or 401 as a token proxy in front of it answers."""
+
+    def __init__(self, refusal: int = 400):
+        self.seen: list[tuple[str, str | None]] = []  # (method path, Authorization)
+        self.key: str | None = "good"
+        fake = self
+
+        class Handler(JsonHandler):
+
+            def _serve(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                auth = self.headers.get("Authorization")
+                fake.seen.append((f"{self.command} {self.path}", auth))
+                if fake.key is not None and auth != f"Bearer {fake.key}":
+                    if refusal == 400:
+                        return self._answer(400, {"code": 400, "message": torchserve.TOKEN_FAILED + ". Token either "
+                                                  "incorrect, expired, or not provided correctly"})
+                    return self._answer(401, {"error": "missing or wrong bearer token"})
+                if self.path == "/prefix/models/m":
+                    return self._answer(200, [{"modelName": "m", "modelVersion": "1.0", "workers": []}])
+                return self._answer(200, {"bytes": len(body)})
+
+            do_GET = do_POST = do_PUT = do_DELETE = _serve
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/prefix"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture(params=[400, 401], ids=["torchserve-refusal", "proxy-refusal"])
+def fake(request):
+    server = FakeServer(refusal=request.param)
+    yield server
+    server.close()
+
+
+def test_a_given_key_is_sent_as_is(fake):
+    ts = TorchServeAt({"inference": fake.url, "management": fake.url}, {"inference": "good", "management": "good"})
+    assert ts.predict("m", b"abc", "application/octet-stream").json() == {"bytes": 3}
+    assert ts.describe("m")["modelName"] == "m"
+    assert fake.seen == [("POST /prefix/predictions/m", "Bearer good"), ("GET /prefix/models/m", "Bearer good")]
+
+
+def test_a_refused_key_stops_with_nothing_to_rotate(fake, tmp_path, capsys):
+    ts = TorchServeAt({"inference": fake.url}, {"inference": "stale"}, key_source="--token")
+    with pytest.raises(TorchServeError, match=r"inference API refused the key \(--token\).*nothing here to rotate"):
+        ts.predict("m", b"x", "text/plain")
+    assert fake.seen == [("POST /prefix/predictions/m", "Bearer stale")]  # asked once: no /token call, no retry
+    (tmp_path / "token").write_text("stale")
+    assert main(["describe", "m", "--management-url", fake.url, "--token-file", str(tmp_path / "token")]) == 1
+    assert "management API refused the key (--token-file" in capsys.readouterr().err
+
+
+def test_no_key_no_header(fake, capsys):
+    fake.key = None  # token auth off
+    assert main(["predict", "m", "--text", "hi", "--url", fake.url]) == 0
+    assert fake.seen == [("POST /prefix/predictions/m", None)]
+    fake.key = "good"
+    assert main(["predict", "m", "--text", "hi", "--url", fake.url]) == 1
+    assert "the inference API wants a key (no key given): pass --token-file" in capsys.readouterr().err
+
+
+def test_the_load_generator_keeps_the_path_prefix_and_stays_on_loopback(fake):
+    ts = TorchServeAt({"inference": fake.url}, {"inference": "good"})
+    host, port, prefix = driver.inference_address(ts)
+    assert (host, prefix) == ("127.0.0.1", "/prefix") and fake.url == f"http://127.0.0.1:{port}/prefix"
+    ts.remote_allowed = False
+    ts.urls["inference"] = "http://10.0.0.9:80"
+    with pytest.raises(TorchServeError, match="not a loopback address"):
+        driver.inference_address(ts)
+    with pytest.raises(ValueError, match="plain HTTP"):
+        driver.inference_address(TorchServeAt({"inference": "https://127.0.0.1:8443"}))
+
+
+def test_nothing_is_started_or_stopped_through_urls():
+    ts = TorchServeAt({"inference": "http://127.0.0.1:8080"})
+    for call in (ts.stop, ts.start, lambda: ts.info):
+        with pytest.raises(TorchServeError, match="not started"):
+            call()
+    assert ts.frontend_pid() is None and ts.worker_pids() == [] and not ts.pid_alive()
+
+
+# ------------------------------------------------------------------------------------------ start --python
+
+
+def test_start_checks_the_python_it_is_given(tmp_path):
+    assert torchserve.check_python(sys.executable) == sys.executable
+    with pytest.raises(TorchServeError, match="not an executable file"):
+        torchserve.check_python(tmp_path / "nope")
+    no_ts = tmp_path / "python"
+    no_ts.write_text(f"#!/bin/sh\nexec {sys.executable} -S \"$@\"\n")  # no site-packages: no TorchServe
+    no_ts.chmod(0o755)
+    with pytest.raises(TorchServeError, match="cannot run TorchServe .*ModuleNotFoundError.*install torchserve"):
+        torchserve.check_python(no_ts)
+    args = parse(["start", "--python", str(no_ts)])
+    assert args.python == Path(no_ts)

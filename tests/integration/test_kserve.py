@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -133,3 +134,36 @@ def test_a_stock_style_client_of_torchserve(served):
     assert single["predictions"] == text["predictions"]
     assert listed["results"][0]["predictions"][0]["index"] == single["predictions"][0]["index"]
     assert listed["results"][1]["status"] == 400
+
+
+def test_multipart_images_and_hf_inputs_each_with_a_bad_item(served):
+    """Several images as the parts of one multipart request (any field names, in order; TorchServe hands each part
+    to the worker as its own field), and HuggingFace/TEI ``{"inputs": ...}`` bodies, all sent at once: the bad part
+    gets its own error inside its request's list; the text that is too long with ``"truncate": false`` refuses its
+    request alone (413, TEI's meaning)."""
+    blob = jpeg(56)
+    parts = [("first", ("a.jpg", blob, "image/jpeg")), ("second", ("b.jpg", b"not an image", "image/jpeg")),
+             ("third", ("c.jpg", blob, "image/jpeg"))]
+    long_text = "the cat sat on the mat " * 40  # over the tiny checkpoint's 64 tokens
+    calls = {
+        "multipart": lambda: served.request("inference", "POST", f"/predictions/{RESNET}", files=parts, timeout=300),
+        "single": lambda: served.predict(RESNET, blob, "image/jpeg", timeout=300),
+        "inputs": lambda: served.request("inference", "POST", f"/predictions/{BERT}", timeout=300,
+                                         json={"inputs": ["a good film", long_text]}),
+        "strict": lambda: served.request("inference", "POST", f"/predictions/{BERT}", timeout=300,
+                                         json={"inputs": ["fine", long_text], "truncate": False}),
+        "text": lambda: served.predict(BERT, b"a good film", "text/plain", timeout=300),
+    }
+    with ThreadPoolExecutor(max_workers=len(calls)) as pool:
+        answers = dict(zip(calls, pool.map(lambda call: call(), calls.values())))
+    assert {tag: a.status_code for tag, a in answers.items()} == {
+        "multipart": 200, "single": 200, "inputs": 200, "strict": 413, "text": 200}, {
+        tag: a.text[:200] for tag, a in answers.items()}
+    first, bad, third = answers["multipart"].json()["results"]
+    single = answers["single"].json()["predictions"]
+    assert first["predictions"] == third["predictions"]
+    assert [p["index"] for p in first["predictions"]] == [p["index"] for p in single]
+    assert bad["status"] == 415 and "not an image" in bad["error"]
+    good, cut = answers["inputs"].json()["results"]
+    assert good["label"] == answers["text"].json()["label"] and (good["truncated"], cut["truncated"]) == (False, True)
+    assert answers["strict"].json()["error"].startswith("inputs[1]: has more than max_length=64 tokens")

@@ -233,3 +233,18 @@ def test_start_checks_the_python_it_is_given(tmp_path):
         torchserve.check_python(no_ts)
     args = parse(["start", "--python", str(no_ts)])
     assert args.python == Path(no_ts)
+
+
+@pytest.mark.parametrize("command", [
+    ["register", "../echo.mar"], ["register", "/srv/models/echo.mar"], ["register", "echo.mar", "--name", ".."],
+    ["register", "echo.mar", "--name", "a/b"], ["scale", ".", "--min", "0"], ["describe", "../../x"],
+    ["unregister", "a/b"],
+])
+def test_names_that_are_paths_are_refused_before_asking(fake, command, capsys):
+    """TorchServe 0.12 registers models named ".", ".." or "a/b" that can then be neither reached nor unregistered,
+    and any absolute directory: the tools refuse such names and archive paths without a request."""
+    assert main([*command, "--management-url", fake.url, "--management-token", "good"]) == 1
+    assert "a name in the model store, not a path" in capsys.readouterr().err
+    assert fake.seen == []
+    assert main(["describe", "m", "--management-url", fake.url, "--management-token", "good"]) == 0
+    assert fake.seen == [("GET /prefix/models/m", "Bearer good")]

@@ -169,20 +169,10 @@ def test_every_endpoint_listens_on_loopback_only(secured):
         assert Path(argv[argv.index("--sock-name") + 1]).parent == secured.tmp_dir
 
 
-def test_metrics_need_no_key_but_only_answer_on_loopback(secured):
+def test_metrics_need_no_key(secured):
+    """Reachable from this machine only: its port is among those test_every_endpoint_listens_on_loopback_only finds
+    bound to loopback alone (no connection to the host's other addresses is needed to know it)."""
     assert requests.get(secured.url("metrics", "/metrics"), timeout=30).status_code == 200
-    for address in _other_local_addresses():
-        with pytest.raises(requests.ConnectionError):
-            requests.get(f"http://{address}:{secured.info.metrics_port}/metrics", timeout=5)
-
-
-def _other_local_addresses() -> list[str]:
-    """This host's non-loopback IPv4 addresses (none in a sandbox without a network)."""
-    try:
-        out = subprocess.run(["hostname", "-I"], capture_output=True, text=True, timeout=10).stdout
-    except (OSError, subprocess.TimeoutExpired):
-        return []
-    return [a for a in out.split() if "." in a and not a.startswith("127.")]
 
 
 # ---------------------------------------------------------------------------------------------- model URLs

@@ -25,7 +25,6 @@ from __future__ import annotations
 import importlib
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -39,7 +38,7 @@ from typing import Any, Sequence
 from torchserve_accel.tools import Log
 from torchserve_accel.tools.bundle import stage_library, write_requirements
 from torchserve_accel.tools.commands import Commands
-from torchserve_accel.tools.paths import DEFAULT_MODEL_STORE, data_file
+from torchserve_accel.tools.paths import DEFAULT_MODEL_STORE, check_store_name, data_file
 
 ARCHIVE_VERSION = "1.0"
 ARCHIVE_SUFFIXES = {"default": ".mar", "tgz": ".tar.gz", "no-archive": ""}  # torch-model-archiver's --archive-format
@@ -186,8 +185,10 @@ def build_archive(model: str, weights: Path | None = None, output_dir: Path = DE
     spec, default_handler, default_config = archive_inputs(model)
     handler, config = Path(handler or default_handler), Path(config or default_config)
     name = name or model
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
-        raise ArchiveError(f"model name {name!r}: letters, digits, '_', '-' and '.' only")
+    try:
+        check_store_name(name, "model name")
+    except ValueError as err:
+        raise ArchiveError(str(err)) from None
     if archive_format not in ARCHIVE_SUFFIXES:
         raise ArchiveError(f"archive format {archive_format!r}; known: {', '.join(ARCHIVE_SUFFIXES)}")
     output_dir = Path(output_dir).resolve()

@@ -10,8 +10,14 @@ the checkout, or in the current directory for an installed package.
 
 from __future__ import annotations
 
+import re
 from importlib import resources
 from pathlib import Path
+
+# A model name, or an archive's name in the model store (x.mar, x.tar.gz, a no-archive directory): no separators, no
+# leading dot. TorchServe 0.12 registers names like ".", ".." and "a/b" that can then be neither reached nor
+# unregistered, and an absolute path registers whatever directory it names; the tools refuse them first.
+STORE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
 def _find_checkout() -> Path | None:
@@ -35,3 +41,11 @@ def data_file(relative: str) -> Path:
 
 
 BASE_CONFIG = data_file("config.properties")
+
+
+def check_store_name(name: str, what: str) -> str:
+    """``name`` when it is a plain name (``STORE_NAME``); ValueError naming ``what`` otherwise."""
+    if not STORE_NAME.fullmatch(name):
+        raise ValueError(f"{what} {name!r}: letters, digits, '_', '-' and '.' only, starting with a letter or digit "
+                         "(a name in the model store, not a path)")
+    return name

@@ -43,7 +43,7 @@ from torchserve_accel.tools.launch import (
     TorchServeError, derive_config, find_java_home, free_ports, parse_ports, port_in_use, port_of, read_properties,
 )
 from torchserve_accel.tools.mps import MpsDaemon, MpsError, mps_decision
-from torchserve_accel.tools.paths import BASE_CONFIG, DEFAULT_MODEL_STORE, DEFAULT_RUN_DIR
+from torchserve_accel.tools.paths import BASE_CONFIG, DEFAULT_MODEL_STORE, DEFAULT_RUN_DIR, check_store_name
 from torchserve_accel.tools.polling import wait_until
 
 TOKEN_FAILED = "Token Authorization failed"
@@ -486,7 +486,7 @@ def add_commands(commands: Commands) -> None:
     p.add_argument("name")
     p.add_argument("--json", action="store_true")
 
-    p = commands.add("unregister", lambda ts, a: print(ts.unregister(a.name)["status"]), "unregister a model",
+    p = commands.add("unregister", lambda ts, a: print(ts.unregister(_named(a.name))["status"]), "unregister a model",
                      instance=True, target="management")
     p.add_argument("name")
 
@@ -498,18 +498,28 @@ def _start(ts: TorchServe, args: Any) -> None:
     ts.start(args.model_store, ports=args.ports, timeout=args.timeout, mps=args.mps, python=args.python)
 
 
+def _named(name: str, what: str = "model name") -> str:
+    try:
+        return check_store_name(name, what)
+    except ValueError as err:
+        raise TorchServeError(str(err)) from None
+
+
 def _register(ts: TorchServe, args: Any) -> None:
+    _named(args.url, "archive")
+    if args.name is not None:
+        _named(args.name)
     print(f"registering {args.url} (loading the model in the workers) ...", flush=True)
     print(ts.register(args.url, args.name, args.batch_size, args.max_batch_delay, args.initial_workers,
                       synchronous=not args.asynchronous, response_timeout=args.response_timeout)["status"])
 
 
 def _scale(ts: TorchServe, args: Any) -> None:
-    print(ts.scale(args.name, args.min_worker, args.max_worker, synchronous=not args.asynchronous)["status"])
+    print(ts.scale(_named(args.name), args.min_worker, args.max_worker, synchronous=not args.asynchronous)["status"])
 
 
 def _describe(ts: TorchServe, args: Any) -> None:
-    description = ts.describe(args.name)
+    description = ts.describe(_named(args.name))
     print(json.dumps(description, indent=1) if args.json else worker_summary(description))
 
 

@@ -103,10 +103,12 @@ def test_jpeg_header_parse_matches_pil(mode, progressive, components):
     from torchserve_accel.resnet.images import _inspect, _jpeg_header
 
     blob = encode(photo(123, 77).convert(mode), "JPEG", progressive=progressive)
-    assert _jpeg_header(blob) == (123, 77, components, progressive, 1)
-    # Only baseline grayscale/YCbCr goes to nvJPEG.
+    assert _jpeg_header(blob) == (123, 77, components, 0xC2 if progressive else 0xC0, 8, 1, True)
+    # Only sequential grayscale/YCbCr goes to nvJPEG.
     assert _inspect(blob, ImageLimits()) == (components in (1, 3) and not progressive, 1)
     assert _jpeg_header(blob[:20]) is None
+    assert not _jpeg_header(blob[: len(blob) // 2]).complete  # cut in its scan: never handed to nvJPEG
+    assert _jpeg_header(blob + b"trailing").complete
 
 
 @pytest.mark.parametrize("in_size,out_size", [(375, 256), (500, 341), (100, 256), (257, 256), (1000, 256),

@@ -91,8 +91,10 @@ class JpegHeader(NamedTuple):
     width: int
     height: int
     components: int
-    progressive: bool
+    coding: int  # the frame header's marker: 0xC0 baseline, 0xC1 extended, 0xC2 progressive, 0xC9 arithmetic, ...
+    precision: int  # bits per sample
     orientation: int  # EXIF Orientation (1 = as stored)
+    complete: bool  # an end-of-image marker follows the first scan (the file was not cut short)
 
 
 def _jpeg_header(blob: bytes | bytearray) -> JpegHeader | None:
@@ -123,13 +125,19 @@ def _jpeg_header(blob: bytes | bytearray) -> JpegHeader | None:
                 return None
             height = (blob[pos + 5] << 8) | blob[pos + 6]
             width = (blob[pos + 7] << 8) | blob[pos + 8]
-            frame = (width, height, blob[pos + 9], marker in (0xC2, 0xC6, 0xCA, 0xCE))
+            frame = (width, height, blob[pos + 9], marker, blob[pos + 4])
         elif marker == 0xE1 and blob[pos + 4 : pos + 10] == b"Exif\0\0":
             orientation = _exif_orientation(bytes(blob[pos + 10 : pos + 2 + length]))
         elif marker == 0xDA:  # start of scan: the frame header, if any, came before
             break
         pos += 2 + length
-    return JpegHeader(*frame, orientation) if frame is not None else None
+    if frame is None:
+        return None
+    # Inside scans every 0xFF byte is followed by 0x00 or a restart marker, so FF D9 after the first scan can only
+    # be the end of the image. nvJPEG decodes a file cut short without an error (the missing rows come out black),
+    # where PIL refuses it: such files go to PIL. Most files end with the marker; the search (from the end) is for trailing bytes.
+    complete = blob[-2:] == b"\xff\xd9" or blob.rfind(b"\xff\xd9", pos) != -1
+    return JpegHeader(*frame, orientation, complete)
 
 
 EXIF_ORIENTATION = 0x0112
@@ -173,18 +181,21 @@ def _inspect(blob: bytes | bytearray, limits: ImageLimits) -> tuple[bool, int]:
         raise RequestError(415, "body is not an image this model accepts (JPEG, PNG, GIF, WebP, BMP, TIFF)")
     header = _jpeg_header(blob) if kind == "jpeg" else None
     if header is not None:
-        width, height, components, progressive, orientation = header
+        width, height, components, coding, precision, orientation, complete = header
+        if precision != 8:  # 12-bit (medical, some cameras): neither nvJPEG's batched decoder nor PIL reads them
+            raise RequestError(415, f"a {precision}-bit JPEG: only 8-bit JPEGs are decoded")
     else:
         try:
             with Image.open(io.BytesIO(blob)) as img:  # parses the header only
-                (width, height), components, progressive, orientation = img.size, 4, True, 1
+                (width, height), components, coding, orientation, complete = img.size, 4, None, 1, False
         except Image.DecompressionBombError as err:
             raise RequestError(413, f"image too large: {err}") from None
         except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
             raise RequestError(400, f"cannot read {kind} image header: {err}") from None
     _check_size(width, height, limits)
-    # nvJPEG's batched decoder takes baseline grayscale/YCbCr JPEGs; CMYK/YCCK and progressive go to the CPU.
-    gpu_ok = kind == "jpeg" and components in (1, 3) and not progressive and min(width, height) >= GPU_MIN_SIDE
+    # nvJPEG's batched decoder takes complete, sequential Huffman-coded grayscale/YCbCr JPEGs; CMYK/YCCK,
+    # progressive, arithmetic-coded and cut ones go to the CPU.
+    gpu_ok = coding in (0xC0, 0xC1) and components in (1, 3) and complete and min(width, height) >= GPU_MIN_SIDE
     return gpu_ok, orientation
 
 
@@ -221,6 +232,8 @@ def _decode_on_cpu(blob: bytes, limits: ImageLimits, exif_orientation: bool) -> 
             return torch.from_numpy(rgb).permute(2, 0, 1)
     except RequestError:
         raise
+    except UnidentifiedImageError:
+        raise RequestError(400, "cannot decode image: PIL does not recognize its data") from None
     except Exception as err:  # truncated or corrupt data: PIL raises many types
         raise RequestError(400, f"cannot decode image: {err}") from None
 

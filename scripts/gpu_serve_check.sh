@@ -86,6 +86,7 @@ print(max(1, int(float(sys.argv[2]) * v)) if v else "")' "$1" "$2" 2>/dev/null
 
 bert_pid=""
 ts_up=0
+combined=0  # sweep combine's exit status (finish)
 wait_bert_build() {  # until the background BERT archive build ends (at most 150 s, else it is stopped)
   [ -n "$bert_pid" ] || return 0
   local t=$SECONDS
@@ -113,10 +114,12 @@ finish() {
       [ -f "$f" ] && { echo "----- $f (last 300 lines)"; tail -n 300 "$f"; }
     done
   } > "$OUT/torchserve_logs.txt" 2>&1
+  # combine exits 1 when a run served nothing or erred on over 1% of its requests: the check fails with it.
+  combined=0
   timeout 60 "${TSA[@]}" sweep combine "$OUT/serve_results.json" "$RES" "$RES/sweep" --steps "$STEPS" \
     --ratio resnet_vs_stock_baseline=ours-resnet101-closed/baseline-stock \
     --ratio resnet_vs_tuned_baseline=ours-resnet101-closed/baseline-tuned \
-    || echo "combine failed"
+    || { combined=$?; echo "combine: a run FAILED, or combining failed (exit $combined)"; }
   timeout 60 "${TSA[@]}" sweep table "$OUT/serve_results.json" > "$OUT/summary.md" 2>&1 || echo "table failed"
   echo "total $((SECONDS - T0)) s; files in $OUT: $(ls "$OUT" | tr '\n' ' ')"
   echo
@@ -139,7 +142,8 @@ print("python", sys.version.split()[0], *[f"{p} {m.version(p)}" for p in ("torch
     bert_pid=$!
     echo "building the BERT archive in the background (pid $bert_pid, log in torchserve_logs.txt)"
   fi
-  step archives-resnet 240 "${SWEEP_PY[@]}" archives "$STORE" resnet101 resnet101_baseline
+  step archives-resnet 240 "${SWEEP_PY[@]}" archives "$STORE" resnet101 resnet101_baseline resnet101_baseline_tuned \
+    --baseline-workers "$WORKERS"
 
   # 2. TorchServe on free loopback ports.
   if step start 150 "${TSCTL[@]}" start --model-store "$STORE" --ports free --timeout 120 "${MPS_FLAG[@]}"; then
@@ -176,13 +180,15 @@ print("python", sys.version.split()[0], *[f"{p} {m.version(p)}" for p in ("torch
     step load-baseline-stock 120 "${LOAD[@]}" resnet101_baseline --concurrency 32 --label baseline-stock \
       --out "$RES/baseline-stock.json"
     step unregister-baseline 90 "${SWEEP_PY[@]}" unregister resnet101_baseline
-    step register-baseline-tuned 30 "${TSCTL[@]}" register resnet101_baseline.mar --batch-size "$BS" \
+    # The same handler with each worker's CPU threads capped at cores / WORKERS (PyTorch's default of one thread
+    # per core in every worker thrashes: 0 answers in 15 s).
+    step register-baseline-tuned 30 "${TSCTL[@]}" register resnet101_baseline_tuned.mar --batch-size "$BS" \
       --max-batch-delay "$DELAY" --initial-workers 1 --asynchronous \
-      && step wait-baseline-tuned 120 "${SWEEP_PY[@]}" wait resnet101_baseline --workers 1 --timeout 120 \
-      && step scale-baseline-tuned 180 "${SWEEP_PY[@]}" scale resnet101_baseline "$WORKERS" --timeout 180 \
-      && step load-baseline-tuned 120 "${LOAD[@]}" resnet101_baseline --concurrency "$CONC" --label baseline-tuned \
-        --out "$RES/baseline-tuned.json"
-    step unregister-baseline-tuned 90 "${SWEEP_PY[@]}" unregister resnet101_baseline
+      && step wait-baseline-tuned 120 "${SWEEP_PY[@]}" wait resnet101_baseline_tuned --workers 1 --timeout 120 \
+      && step scale-baseline-tuned 180 "${SWEEP_PY[@]}" scale resnet101_baseline_tuned "$WORKERS" --timeout 180 \
+      && step load-baseline-tuned 120 "${LOAD[@]}" resnet101_baseline_tuned --concurrency "$CONC" \
+        --label baseline-tuned --out "$RES/baseline-tuned.json"
+    step unregister-baseline-tuned 90 "${SWEEP_PY[@]}" unregister resnet101_baseline_tuned
   fi
 
   # 5. BERT-Large (archive built in the background), texts of mixed lengths.
@@ -217,6 +223,7 @@ print("python", sys.version.split()[0], *[f"{p} {m.version(p)}" for p in ("torch
   local failed
   failed=$(awk -F '\t' '$2 != "0" && $2 != "skipped"' "$STEPS" | wc -l)
   ((failed == 0)) || { echo "$failed step(s) failed (see the table's last line and serve_check.log)"; return 1; }
+  ((combined == 0)) || { echo "FAILED: a run served nothing or too many errors (see the table's last lines)"; return 1; }
 }
 
 main 2>&1 | tee "$OUT/serve_check.log"

@@ -12,6 +12,7 @@ import random
 import pytest
 
 from torchserve_accel.tools import sweep
+from torchserve_accel.tools.cli import build_parser
 from torchserve_accel.tools.launch import free_ports
 from torchserve_accel.tools.loadgen import driver, http, payloads, probes, stats
 from torchserve_accel.tools.loadgen.stats import Records, percentile
@@ -415,6 +416,33 @@ def test_combine_ratios_and_table(tmp_path):
     assert "speedup: 30.0x" in text and "failed steps: load-bert (rc skipped), sweep (rc 124)" in text
 
 
+def test_a_run_that_serves_nothing_or_errs_fails_the_check(tmp_path, capsys):
+    """The served check's tuned baseline once answered nothing in 15 s and the table said "n/a": combine now names
+    such runs (and runs with more than 1% errors) and exits 1; sweep points are exploratory and do not count."""
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "ours.json").write_text(json.dumps(_document("ours-resnet101-closed", 12000, 60)))
+    nothing = _document("baseline-tuned", 0, 0)
+    nothing["results"].update(ok_rps=0.0, window_s=15.0)
+    (results / "tuned.json").write_text(json.dumps(nothing))
+    erring = _document("ours-bert-closed", 3000, 40, errors={"503": 200})
+    erring["results"]["error_rate"] = 0.02
+    (results / "bert.json").write_text(json.dumps(erring))
+    point = _document("resnet101-w8-bs64-d5", 0, 0)
+    point["results"]["ok_rps"] = 0.0
+    point["sweep_point"] = {"workers": 8, "batch_size": 64, "max_batch_delay": 5, "concurrency": 96}
+    (results / "point.json").write_text(json.dumps(point))
+    document = sweep.combine(tmp_path / "combined.json", [results])
+    assert document["failed_runs"] == ["baseline-tuned: served nothing in its 15.0 s window",
+                                       "ours-bert-closed: 2.0% of requests failed"]
+    assert "FAILED run baseline-tuned: served nothing" in sweep.report(document)
+    args = build_parser().parse_args(["sweep", "combine", str(tmp_path / "again.json"), str(results)])
+    assert args.run(args) == 1
+    (results / "tuned.json").unlink()
+    (results / "bert.json").unlink()
+    assert args.run(args) == 0
+
+
 def test_plot_results_writes_pngs(tmp_path):
     pytest.importorskip("matplotlib")
     from torchserve_accel.tools import plot as plot_results
@@ -429,3 +457,20 @@ def test_plot_results_writes_pngs(tmp_path):
     written = plot_results.plot_all([results], tmp_path / "plots", p99_bound_ms=100)
     assert sorted(p.name for p in written) == ["resnet101_sweep_workers.png", "resnet101_throughput_vs_p99.png"]
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in written)
+
+
+def test_the_tuned_baseline_caps_each_workers_cpu_threads(monkeypatch, tmp_path):
+    """Ten stock-style workers with PyTorch's default threads (one per core each) answered nothing in 15 s on a
+    16-core host: the tuned variant's model-config gives each worker cores / workers threads."""
+    built = {}
+    monkeypatch.setattr(sweep, "build_archive", lambda model, *a, name, config_overrides=None, **k:
+                        built.setdefault(name, config_overrides))
+    monkeypatch.setattr(sweep.os, "cpu_count", lambda: 16)
+    for name in ("resnet101_baseline", "resnet101_baseline_tuned"):
+        sweep.build_bench_archive(name, tmp_path, baseline_workers=10)
+    assert built == {"resnet101_baseline": None, "resnet101_baseline_tuned": {"handler.torch_threads": 1}}
+    built.clear()
+    sweep.build_bench_archive("resnet101_baseline_tuned", tmp_path, baseline_workers=4)
+    assert built == {"resnet101_baseline_tuned": {"handler.torch_threads": 4}}
+    handler = sweep.data_file(sweep.BASELINE_HANDLER).read_text()
+    assert 'get("torch_threads")' in handler and "torch.set_num_threads(int(threads))" in handler

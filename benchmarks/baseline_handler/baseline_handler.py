@@ -6,7 +6,10 @@ stacked and copied to the GPU; fp32 eager ResNet-101; softmax and top-5 on the h
 our archive (``resnet101.safetensors``). It emits the same batch counters as our handlers
 (``HandlerBatches``, ``HandlerBatchedRequests``) so the load generator reads its mean batch size too.
 
-PyTorch's defaults stand: cuDNN picks conv algorithms per shape and convolutions may use TF32.
+PyTorch's defaults stand: cuDNN picks conv algorithms per shape and convolutions may use TF32. The one tuning knob,
+``handler.torch_threads`` in model-config (the tuned variant sets it to the host's cores over the worker count), caps
+each worker's CPU threads: with PyTorch's default of one thread per core in each of ten workers, the CPU transforms
+thrash (benchmarks/NOTES.md).
 """
 
 import io
@@ -22,6 +25,9 @@ from torchvision import models, transforms
 
 class BaselineResNetHandler:
     def initialize(self, context):
+        threads = ((context.model_yaml_config or {}).get("handler") or {}).get("torch_threads")
+        if threads:
+            torch.set_num_threads(int(threads))
         properties = context.system_properties
         model_dir = properties["model_dir"]
         gpu_id = properties.get("gpu_id")

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any, Iterable
@@ -44,8 +45,11 @@ from torchserve_accel.tools.torchserve import TorchServe
 
 BASELINE_HANDLER = "benchmarks/baseline_handler/baseline_handler.py"
 BASELINE_CONFIG = "benchmarks/baseline_handler/model-config.yaml"
-BENCH_ARCHIVES = ("resnet101", "resnet101_baseline", "bert_large")
+BENCH_ARCHIVES = ("resnet101", "resnet101_baseline", "resnet101_baseline_tuned", "bert_large")
 MAX_ERROR_RATE = 0.001
+# A benchmark run (not a sweep point) that answers nothing, or errs on more than this share of its requests, failed:
+# the check says so in its table and exits non-zero instead of printing "n/a".
+FAILED_ERROR_RATE = 0.01
 SWEEP_SCHEMA = "torchserve-accel/sweep/1"
 COMBINED_SCHEMA = "torchserve-accel/serve-check/1"
 
@@ -54,20 +58,25 @@ COMBINED_SCHEMA = "torchserve-accel/serve-check/1"
 
 
 def build_bench_archive(name: str, store: Path, weights: Path | None = None, workers: int | None = 1,
-                        log: Log = print, overrides: dict[str, Any] | None = None) -> Path:
+                        log: Log = print, overrides: dict[str, Any] | None = None,
+                        baseline_workers: int = 10) -> Path:
     """Build ``store/<name>.mar`` for a benchmark (overwriting it); ``name`` is one of BENCH_ARCHIVES.
 
     ``workers``: our archives' minWorkers/maxWorkers in model-config (None keeps the repository's values).
     ``overrides``: more model-config changes for our archives (``build.parse_overrides``). Our archives carry the
-    library, as ``torchserve-accel build`` makes them; the stock-style baseline does not import it.
+    library, as ``torchserve-accel build`` makes them; the stock-style baseline does not import it, and its tuned
+    variant caps each worker's CPU threads at this host's cores over ``baseline_workers``.
     """
-    if name == "resnet101_baseline":
+    if name.startswith("resnet101_baseline"):
         from importlib import resources
 
         labels = Path(str(resources.files("torchserve_accel.resnet") / "imagenet_classes.json"))
+        threads = max(1, (os.cpu_count() or 1) // max(1, baseline_workers))
+        tuned = {"handler.torch_threads": threads} if name.endswith("_tuned") else None
         return build_archive("resnet101", weights, store, force=True, log=log, name=name,
                              handler=data_file(BASELINE_HANDLER), config=data_file(BASELINE_CONFIG),
-                             weights_from=Path(store) / "resnet101.mar", extra_files=[labels])
+                             weights_from=Path(store) / "resnet101.mar", extra_files=[labels],
+                             config_overrides=tuned)
     changes = dict(overrides or {})
     if workers is not None:
         changes.update(minWorkers=workers, maxWorkers=workers)
@@ -319,8 +328,23 @@ def combine(out: Path, inputs: list[Path], steps: Path | None = None, ratio_spec
                                             r.get("label") or "")),
         "sweeps": sweeps, **(extra or {}),
     }
+    document["failed_runs"] = failed_runs([r for r in document["runs"] if r.get("label") not in sweep_labels
+                                           and "sweep_point" not in r])
     Path(out).write_text(json.dumps(document, indent=1) + "\n")
     return document
+
+
+def failed_runs(runs: list[dict]) -> list[str]:
+    """"label: why" for each run that served nothing or erred on more than FAILED_ERROR_RATE of its requests."""
+    failed = []
+    for run in runs:
+        results = run.get("results") or {}
+        ok, error_rate = results.get("ok_rps"), results.get("error_rate")
+        if not ok:
+            failed.append(f"{run.get('label')}: served nothing in its {results.get('window_s', '?')} s window")
+        elif error_rate is not None and error_rate > FAILED_ERROR_RATE:
+            failed.append(f"{run.get('label')}: {error_rate:.1%} of requests failed")
+    return failed
 
 
 def markdown_table(points: list[dict]) -> str:
@@ -356,6 +380,8 @@ def report(document: dict) -> str:
     failed = [s for s in document.get("steps", []) if s.get("rc") not in (0, "0")]
     if failed:
         lines.append("failed steps: " + ", ".join(f"{s['step']} (rc {s['rc']})" for s in failed))
+    for why in document.get("failed_runs") or []:
+        lines.append(f"FAILED run {why}")
     return "\n".join(lines)
 
 
@@ -377,6 +403,8 @@ def add_commands(commands: Commands) -> None:
     p.add_argument("--workers", type=int, default=1, help="minWorkers/maxWorkers in our archives' model-config")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="another model-config change for our archives, e.g. handler.blocking_sync=true")
+    p.add_argument("--baseline-workers", type=int, default=10,
+                   help="the tuned baseline's worker count: each worker gets the host's cores / N CPU threads")
 
     p = sweep.add("wait", _wait, "wait until a model has N READY workers", instance=True)
     p.add_argument("model")
@@ -438,7 +466,8 @@ def _archives(args: Any) -> int:
     failed = 0
     for name in args.names:
         try:
-            build_bench_archive(name, args.store, args.weights, args.workers, _log, parse_overrides(args.set))
+            build_bench_archive(name, args.store, args.weights, args.workers, _log, parse_overrides(args.set),
+                                args.baseline_workers)
         except (ArchiveError, OSError, ImportError, ValueError) as exc:
             _log(f"[{name}] archive FAILED: {exc}")
             failed += 1
@@ -468,9 +497,12 @@ def _run(ts: TorchServe, args: Any) -> int:
     return 0 if summary["points"] else 1
 
 
-def _combine(args: Any) -> None:
+def _combine(args: Any) -> int:
     document = combine(args.out, args.inputs, args.steps, args.ratio)
     _log(f"[combine] {len(document['runs'])} run(s), {len(document['sweeps'])} sweep(s) -> {args.out}")
+    for why in document["failed_runs"]:
+        _log(f"[combine] FAILED run {why}")
+    return 1 if document["failed_runs"] else 0
 
 
 def _table(args: Any) -> None:

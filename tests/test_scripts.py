@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 import subprocess
 import sys
@@ -392,10 +393,18 @@ def test_ci_runs_the_readme_test_command_exactly():
 
 
 def test_run_tests_treats_no_tests_as_failure(tmp_path):
+    # LOWEST_TORCH=0: in CI the command would go on to set up and run the lowest-torch environment as well.
     done = subprocess.run(["bash", str(REPO / "scripts" / "run_tests.sh"), "-k", "no_test_has_this_name_xyz",
                            "-p", "no:cacheprovider", str(REPO / "tests" / "test_scripts.py")],
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "LOWEST_TORCH": "0"})
     assert done.returncode == 1 and "collected no tests" in done.stderr, done.stdout + done.stderr
+
+
+def test_test_file_names_are_unique():
+    """The test folders are not packages: pytest imports each test file by its base name, and two files of one
+    name stop the whole run at collection."""
+    names = [p.name for p in (REPO / "tests").rglob("test_*.py")]
+    assert sorted({n for n in names if names.count(n) > 1}) == []
 
 
 # ------------------------------------------------------------------------------------------ command line

@@ -10,10 +10,11 @@ import sys
 import threading
 from http.server import ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from torchserve_accel.tools import endpoints, torchserve
+from torchserve_accel.tools import drain, endpoints, torchserve
 from torchserve_accel.tools.cli import build_parser, main
 from torchserve_accel.tools.endpoints import TorchServeAt
 from torchserve_accel.tools.launch import TorchServeError
@@ -248,3 +249,173 @@ def test_names_that_are_paths_are_refused_before_asking(fake, command, capsys):
     assert fake.seen == []
     assert main(["describe", "m", "--management-url", fake.url, "--management-token", "good"]) == 0
     assert fake.seen == [("GET /prefix/models/m", "Bearer good")]
+
+
+# ------------------------------------------------------------------------------------------ draining
+
+
+class QueueFake:
+    """A management and metrics API for model ``m`` whose backlog the test sets: ``pending`` queued requests,
+    ``arrived``/``answered`` counts in Prometheus text (None: no such sample). PUT applies TorchServe's scaling rule
+    to ``workers``; DELETE unregisters."""
+
+    def __init__(self, workers: int = 1, pending: int = 0, arrived: float | None = None,
+                 answered: float | None = None, response_timeout: int = 120):
+        self.seen: list[str] = []
+        self.workers, self.pending, self.arrived, self.answered = workers, pending, arrived, answered
+        self.response_timeout = response_timeout
+        self.registered = True
+        fake = self
+
+        class Handler(JsonHandler):
+
+            def _serve(self):
+                parts = urlsplit(self.path)
+                fake.seen.append(f"{self.command} {parts.path}" + (f"?{parts.query}" if self.command == "PUT" else ""))
+                if parts.path == "/prefix/metrics":
+                    return self._text(fake.metrics_text())
+                if parts.path != "/prefix/models/m" or not fake.registered:
+                    return self._answer(404, {"code": 404, "message": "Model not found: m"})
+                if self.command == "GET":
+                    return self._answer(200, [fake.description()])
+                if self.command == "DELETE":
+                    fake.registered = False
+                    return self._answer(200, {"status": 'Model "m" unregistered'})
+                query = parse_qs(parts.query)
+                low, high = int(query["min_worker"][0]), int(query["max_worker"][0])
+                fake.workers = low if fake.workers < low else min(fake.workers, high)
+                return self._answer(200, {"status": "Workers updated"})
+
+            def _text(self, text):
+                data = text.encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain; version=0.0.4")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_PUT = do_DELETE = _serve
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/prefix"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def description(self) -> dict:
+        return {"modelName": "m", "maxBatchDelay": 0, "responseTimeout": self.response_timeout,
+                "workers": [{"id": str(9000 + i), "status": "READY"} for i in range(self.workers)],
+                "jobQueueStatus": {"remainingCapacity": 1000 - self.pending, "pendingRequests": self.pending}}
+
+    def metrics_text(self) -> str:
+        lines = []
+        if self.arrived is not None:
+            labels = 'model_name="m",model_version="default",hostname="h",'
+            lines += ["# TYPE ts_inference_requests_total counter",
+                      f"ts_inference_requests_total{{{labels}}} {self.arrived}"]
+        if self.answered is not None:
+            lines += ["# TYPE HandlerBatchedRequests counter",
+                      f'HandlerBatchedRequests{{ModelName="m",Level="Model",Hostname="h",}} {self.answered}']
+        return "\n".join(lines) + "\n"
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def queue_fake():
+    servers = []
+
+    def make(**state) -> QueueFake:
+        servers.append(QueueFake(**state))
+        return servers[-1]
+
+    yield make
+    for server in servers:
+        server.close()
+
+
+def manage(fake: QueueFake, *command: str, metrics: bool = True) -> list[str]:
+    return [*command, "--management-url", fake.url, "--management-token", "good",
+            *(["--metrics-url", fake.url] if metrics else [])]
+
+
+def test_a_queue_that_never_empties_is_refused_at_the_deadline(queue_fake, capsys):
+    fake = queue_fake(workers=1, pending=3)
+    assert main(manage(fake, "unregister", "m", "--drain-timeout", "0.6", metrics=False)) == 1
+    out, err = capsys.readouterr()
+    assert ("error: m did not drain within 0.6 s: 3 queued, in flight unknown, 1 worker(s) left; not unregistered "
+            "(--force unregisters without draining)") in err
+    assert "draining m: 3 queued" in out and "no metrics API (--metrics-url)" in out
+    assert fake.registered and "DELETE /prefix/models/m" not in fake.seen
+
+    fake = queue_fake(workers=2, pending=3)
+    assert main(manage(fake, "scale", "m", "--min", "0", "--drain-timeout", "0.6")) == 1
+    assert "3 queued, 0 in flight, 2 worker(s) left; m left at 2 worker(s), not scaled below that" in \
+        capsys.readouterr().err
+    assert fake.workers == 2 and not [s for s in fake.seen if s.startswith("PUT")]
+
+
+def test_requests_in_flight_are_waited_for(queue_fake, capsys):
+    """Queue empty, but one request counted on arrival has not been answered by the handler: in flight."""
+    fake = queue_fake(workers=1, pending=0, arrived=5, answered=4)
+    assert main(manage(fake, "unregister", "m", "--drain-timeout", "0.6")) == 1
+    assert "m did not drain within 0.6 s: 0 queued, 1 in flight, 1 worker(s) left" in capsys.readouterr().err
+    assert fake.registered
+
+    fake.answered = 5
+    assert main(manage(fake, "unregister", "m")) == 0
+    assert not fake.registered and fake.seen[-1] == "DELETE /prefix/models/m"
+
+
+def test_force_does_not_wait(queue_fake, capsys):
+    fake = queue_fake(workers=2, pending=7)
+    assert main(manage(fake, "unregister", "m", "--force")) == 0
+    assert fake.seen == ["DELETE /prefix/models/m"]  # not even a look at the queue
+    fake = queue_fake(workers=2, pending=7)
+    assert main(manage(fake, "scale", "m", "--min", "0", "--force")) == 0
+    assert [s for s in fake.seen if s.startswith("PUT")] == [
+        "PUT /prefix/models/m?min_worker=0&max_worker=0&synchronous=true"]
+    assert fake.workers == 0
+
+
+def test_scaling_down_goes_one_worker_at_a_time(queue_fake, capsys):
+    fake = queue_fake(workers=3, pending=0, arrived=10, answered=10)
+    assert main(manage(fake, "scale", "m", "--min", "0")) == 0
+    puts = [s.split("?")[1].removesuffix("&synchronous=true") for s in fake.seen if s.startswith("PUT")]
+    assert puts == ["min_worker=2&max_worker=2", "min_worker=1&max_worker=1", "min_worker=0&max_worker=0"]
+    steps = [i for i, s in enumerate(fake.seen) if s.startswith("PUT")]
+    for before, step in zip([0, *steps], steps):  # the queue and the counts were read before each step
+        assert {"GET /prefix/models/m", "GET /prefix/metrics"} <= set(fake.seen[before:step])
+    out = capsys.readouterr().out
+    assert [line for line in out.splitlines() if line.startswith("scaling")] == [
+        f"scaling m to {n} worker(s)" for n in (2, 1, 0)]
+
+    up = queue_fake(workers=1, pending=5)  # adding workers drops nothing: no waiting
+    assert main(manage(up, "scale", "m", "--min", "3", "--drain-timeout", "0")) == 0
+    assert up.workers == 3 and [s for s in up.seen if s.startswith("GET")] == ["GET /prefix/models/m"]
+
+
+def test_requests_never_answered_by_the_handler_stop_counting_after_the_response_timeout(queue_fake, capsys):
+    """Refused requests (503: queue full, no worker) are counted on arrival but never answered: once nothing has
+    moved for maxBatchDelay + responseTimeout, no batch can still be running, and the later steps of a scale-down
+    leave them out from the start."""
+    fake = queue_fake(workers=3, pending=0, arrived=7, answered=5, response_timeout=0)
+    assert main(manage(fake, "scale", "m", "--min", "0", "--drain-timeout", "30")) == 0
+    out = capsys.readouterr().out
+    assert out.count("the 2 request(s) counted on arrival but never answered by the handler are not in flight") == 1
+    assert fake.workers == 0
+    assert main(manage(fake, "unregister", "m", "--drain-timeout", "30")) == 0
+    assert "the 2 request(s) counted on arrival but never answered" in capsys.readouterr().out
+    assert not fake.registered
+
+
+def test_drain_as_a_library_call(queue_fake):
+    fake = queue_fake(workers=1, pending=0, arrived=3, answered=3)
+    lines: list[str] = []
+    ts = TorchServeAt({"management": fake.url, "metrics": fake.url}, {"management": "good"})
+    backlog = drain.drain(ts, "m", timeout=10, log=lines.append)
+    assert (backlog.queued, backlog.in_flight, backlog.workers) == (0, 0, 1) and lines == []  # nothing to wait for
+    fake.pending = 2
+    with pytest.raises(drain.DrainTimeout) as late:
+        drain.drain(ts, "m", timeout=0.3, log=lines.append)
+    assert late.value.backlog.queued == 2 and lines[0] == "draining m: 2 queued, 0 in flight, 1 worker(s)"

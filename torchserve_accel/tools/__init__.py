@@ -7,6 +7,7 @@
     bundle.py       the library inside an archive: what workers need of it, its requirements.txt
     launch.py       what starting TorchServe needs: Java 17+, free ports, a per-instance config.properties
     torchserve.py   one TorchServe instance: start, stop, authenticated management and inference calls
+    drain.py        scale down and unregister without dropping queued or in-flight requests
     endpoints.py    any other TorchServe, by its URLs and keys; the loopback check
     mps.py          an NVIDIA MPS daemon private to an instance
     client.py       concurrent predictions from files and texts

@@ -17,7 +17,8 @@ Several instances can run at once: each has its own run directory, TMPDIR and po
     torchserve-accel unregister resnet101
     torchserve-accel stop
 (each with ``--run-dir DIR``; ``python scripts/tsctl.py ...`` runs the same commands; register, scale, describe and
-unregister drive any other TorchServe with ``--management-url URL --token-file FILE`` instead: endpoints.py)
+unregister drive any other TorchServe with ``--management-url URL --token-file FILE`` instead: endpoints.py).
+``scale`` (when it lowers the worker count) and ``unregister`` drain the model first unless ``--force``: drain.py.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ import psutil
 import requests
 import requests.adapters
 
-from torchserve_accel.tools import Log
+from torchserve_accel.tools import Log, drain
 from torchserve_accel.tools.commands import Commands
 from torchserve_accel.tools.launch import (
     TorchServeError, derive_config, find_java_home, free_ports, parse_ports, port_in_use, port_of, read_properties,
@@ -447,6 +448,14 @@ def worker_summary(description: dict) -> str:
 # ---------------------------------------------------------------------------------------------- command line
 
 
+DRAIN_DETAILS = """{what}
+
+TorchServe 0.12 drops the requests a model still holds when it loses workers (queued ones are never answered).
+This command first waits until the model has none, queued or in flight, printing what is left while it waits;
+past --drain-timeout it stops with exit status 1. In flight is counted from the metrics API (the run directory's,
+or --metrics-url); without it only the queue is seen. --force skips the wait.{steps}"""
+
+
 def add_commands(commands: Commands) -> None:
     p = commands.add("start", _start, "start TorchServe and wait for /ping", instance=True)
     p.add_argument("--model-store", type=Path, default=DEFAULT_MODEL_STORE)
@@ -476,21 +485,34 @@ def add_commands(commands: Commands) -> None:
     p.add_argument("--response-timeout", type=int, default=None, help="s; default: the archive's responseTimeout")
     p.add_argument("--asynchronous", action="store_true", help="return before workers are up")
 
-    p = commands.add("scale", _scale, "set a model's worker count", instance=True, target="management")
+    p = commands.add("scale", _scale, "set a model's worker count", instance=True, target="management",
+                     also=("metrics",), details=DRAIN_DETAILS.format(
+                         what="set a model's worker count",
+                         steps="\nScaling down goes one worker at a time, draining before each step."))
     p.add_argument("name")
     p.add_argument("--min", type=int, required=True, dest="min_worker")
     p.add_argument("--max", type=int, default=None, dest="max_worker")
     p.add_argument("--asynchronous", action="store_true")
+    _add_drain_options(p, "scale down at once")
 
     p = commands.add("describe", _describe, "model status and workers", instance=True, target="management")
     p.add_argument("name")
     p.add_argument("--json", action="store_true")
 
-    p = commands.add("unregister", lambda ts, a: print(ts.unregister(_named(a.name))["status"]), "unregister a model",
-                     instance=True, target="management")
+    p = commands.add("unregister", _unregister, "unregister a model", instance=True, target="management",
+                     also=("metrics",), details=DRAIN_DETAILS.format(what="unregister a model", steps=""))
     p.add_argument("name")
+    _add_drain_options(p, "unregister at once")
 
     commands.add("rotate-keys", _rotate_keys, "rotate the management and inference keys", instance=True)
+
+
+def _add_drain_options(parser: Any, forced: str) -> None:
+    parser.add_argument("--drain-timeout", type=float, default=drain.DEFAULT_TIMEOUT, metavar="S",
+                        help=f"seconds to wait for draining, in all (default {drain.DEFAULT_TIMEOUT:g}); past "
+                             "them nothing more is changed and the exit status is 1")
+    parser.add_argument("--force", action="store_true", help=f"do not wait for queued and in-flight requests: "
+                                                             f"{forced} (TorchServe may then drop them)")
 
 
 def _start(ts: TorchServe, args: Any) -> None:
@@ -514,8 +536,18 @@ def _register(ts: TorchServe, args: Any) -> None:
                       synchronous=not args.asynchronous, response_timeout=args.response_timeout)["status"])
 
 
+def _progress(line: str) -> None:
+    print(line, flush=True)
+
+
 def _scale(ts: TorchServe, args: Any) -> None:
-    print(ts.scale(_named(args.name), args.min_worker, args.max_worker, synchronous=not args.asynchronous)["status"])
+    print(drain.scale(ts, _named(args.name), args.min_worker, args.max_worker, timeout=args.drain_timeout,
+                      log=_progress, force=args.force, synchronous=not args.asynchronous)["status"])
+
+
+def _unregister(ts: TorchServe, args: Any) -> None:
+    print(drain.unregister(ts, _named(args.name), timeout=args.drain_timeout, log=_progress,
+                           force=args.force)["status"])
 
 
 def _describe(ts: TorchServe, args: Any) -> None:

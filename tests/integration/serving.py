@@ -7,18 +7,20 @@ import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Callable, TypeVar
 
 from torchserve_accel.tools.launch import free_ports
 from torchserve_accel.tools.polling import wait_until
 from torchserve_accel.tools.prometheus import metric_total
 from torchserve_accel.tools.torchserve import TorchServe
 
-__all__ = ["ECHO_HANDLER", "ECHO_MODEL", "build_echo_archive", "handler_counters", "log", "metric_total", "ready_workers",
-           "running_torchserve", "send_concurrently", "wait_for_requests_metric"]
+__all__ = ["ECHO_HANDLER", "ECHO_MODEL", "at_once", "build_echo_archive", "handler_counters", "log", "metric_total",
+           "ready_workers", "running_torchserve", "send_concurrently", "wait_for_requests_metric"]
 
 HERE = Path(__file__).resolve().parent
 ECHO_HANDLER = HERE / "echo_handler.py"
 ECHO_MODEL = HERE / "echo_model.py"  # packed beside the entry file: the archive root is on the worker's sys.path
+T = TypeVar("T")
 
 
 def log(message: str) -> None:
@@ -51,10 +53,15 @@ def build_echo_archive(store: Path, name: str = "echo", handler: str = "  delay_
     return store / f"{name}.mar"
 
 
+def at_once(calls: list[Callable[[], T]]) -> list[T]:
+    """Run every call at the same time, one thread each; results in input order."""
+    with ThreadPoolExecutor(max_workers=len(calls)) as pool:
+        return list(pool.map(lambda call: call(), calls))
+
+
 def send_concurrently(ts: TorchServe, model: str, bodies: list[tuple[bytes, str]]):
     """POST all (body, content_type) at once, one thread each; answers in input order."""
-    with ThreadPoolExecutor(max_workers=len(bodies)) as pool:
-        return list(pool.map(lambda b: ts.predict(model, b[0], b[1], timeout=300), bodies))
+    return at_once([lambda b=b: ts.predict(model, b[0], b[1], timeout=300) for b in bodies])
 
 
 def handler_counters(ts: TorchServe, model: str) -> tuple[float, float]:
@@ -64,8 +71,9 @@ def handler_counters(ts: TorchServe, model: str) -> tuple[float, float]:
             metric_total(text, "HandlerBatchedRequests", ModelName=model))
 
 
-def wait_for_requests_metric(ts: TorchServe, model: str, at_least: float, timeout: float = 15) -> tuple[float, float]:
-    """Worker metrics reach the frontend asynchronously (log lines): poll until the request count gets there."""
+def wait_for_requests_metric(ts: TorchServe, model: str, at_least: float, timeout: float = 120) -> tuple[float, float]:
+    """Worker metrics reach the frontend asynchronously (log lines): poll until the request count gets there (the
+    deadline only ends a wait that would never succeed)."""
     def arrived() -> tuple[float, float] | None:
         batches, requests = handler_counters(ts, model)
         return (batches, requests) if requests >= at_least else None
@@ -73,7 +81,7 @@ def wait_for_requests_metric(ts: TorchServe, model: str, at_least: float, timeou
     return wait_until(arrived, timeout, interval=0.2) or handler_counters(ts, model)
 
 
-def ready_workers(ts: TorchServe, model: str, count: int, timeout: float = 30) -> list[dict]:
+def ready_workers(ts: TorchServe, model: str, count: int, timeout: float = 120) -> list[dict]:
     """The model's workers once ``count`` of them are READY (or whatever describe shows at the deadline).
 
     TorchServe answers a synchronous register/scale in the same millisecond as the last worker's state change to

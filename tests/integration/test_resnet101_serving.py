@@ -1,5 +1,8 @@
 """ResNet-101 end to end: the real archive (random weights) built by torchserve-accel build, served by the
 real TorchServe frontend with token auth on, batching on, on the CPU here (GPU where one is visible).
+
+Batches of 4 with a 5 s maxBatchDelay: requests sent in groups of four at once fill a batch, which closes as soon as
+it is full, so which requests share a batch does not depend on how fast a busy machine delivers them.
 """
 
 from __future__ import annotations
@@ -21,8 +24,8 @@ from tests.integration.serving import (
 
 pytestmark = pytest.mark.integration
 MODEL = "resnet101"
-BATCH = 8
-DELAY_MS = 500  # generous: requests sent together must land in one batch even on a loaded 2-core machine
+BATCH = 4
+DELAY_MS = 5000  # a batch closes when its fourth request is in; only a group that never fills waits this long
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +60,7 @@ def test_workers_ready_with_batching(resnet):
 def test_predicts_jpeg_and_png(resnet):
     png = io.BytesIO()
     Image.open(io.BytesIO(make_image(7, fmt="PNG"))).save(png, format="PNG")
-    answers = send_concurrently(resnet, MODEL, [jpeg(1), (png.getvalue(), "image/png")])
+    answers = send_concurrently(resnet, MODEL, [jpeg(1), (png.getvalue(), "image/png"), jpeg(2), jpeg(3)])
     for answer in answers:
         assert answer.status_code == 200, answer.text
         body = answer.json()
@@ -74,16 +77,15 @@ def test_predicts_jpeg_and_png(resnet):
 
 
 def test_concurrent_requests_are_batched(resnet):
+    """Two batches' worth sent at once run as two full batches (on one worker or both)."""
     batches0, requests0 = handler_counters(resnet, MODEL)
-    answers = send_concurrently(resnet, MODEL, [jpeg(10 + i) for i in range(BATCH)])
-    assert [a.status_code for a in answers] == [200] * BATCH, [a.text for a in answers]
+    answers = send_concurrently(resnet, MODEL, [jpeg(10 + i) for i in range(2 * BATCH)])
+    assert [a.status_code for a in answers] == [200] * 2 * BATCH, [a.text for a in answers]
     sizes = [a.json()["batch_size"] for a in answers]
-    assert max(sizes) > 1, sizes
-    batches, requests_ = wait_for_requests_metric(resnet, MODEL, requests0 + BATCH)
-    assert requests_ - requests0 == BATCH
-    assert 1 <= batches - batches0 < BATCH
-    # Each request's batch_size is the batch it ran in: the batches' sizes add up to the requests sent.
-    assert sum(1 / s for s in sizes) == pytest.approx(batches - batches0)
+    assert sizes == [BATCH] * 2 * BATCH, sizes
+    batches, requests_ = wait_for_requests_metric(resnet, MODEL, requests0 + 2 * BATCH)
+    assert requests_ - requests0 == 2 * BATCH
+    assert batches - batches0 == 2
     # The handler's host time per stage reaches the metrics endpoint: decode + compute within the total.
     text = resnet.metrics()
     decode, compute, total = (metric_total(text, name, ModelName=MODEL)
@@ -100,7 +102,7 @@ def test_bad_image_fails_alone_in_its_batch(resnet):
     assert 400 <= bad.status_code < 500, bad.text
     assert bad.json()["status"] == bad.status_code and bad.json()["error"]
     # The three good images were answered from the same batch as the bad one.
-    assert max(a.json()["batch_size"] for a in answers if a.status_code == 200) == 4
+    assert [answers[i].json()["batch_size"] for i in (0, 1, 3)] == [4, 4, 4]
 
 
 def test_empty_body_is_a_client_error(resnet):
@@ -118,7 +120,7 @@ def test_requests_without_token_are_refused(resnet):
 def test_scale_down_and_up(resnet):
     start = len(resnet.describe(MODEL)["workers"])
     resnet.scale(MODEL, 1, 1)
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 180  # only ends a wait that would never succeed
     while len(resnet.describe(MODEL)["workers"]) != 1 and time.monotonic() < deadline:
         time.sleep(0.5)
     assert len(resnet.describe(MODEL)["workers"]) == 1

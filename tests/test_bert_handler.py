@@ -174,3 +174,29 @@ def test_a_batch_out_of_gpu_memory_is_split_and_a_text_alone_gets_a_503(model_di
     assert "out of GPU memory for this text" in answers[1]["error"]
     alone = json.loads(handler.handle([{"body": "third"}], context)[0])
     assert answers[2]["probabilities"] == pytest.approx(alone["probabilities"], abs=1e-6)
+
+
+def test_an_encoder_that_raises_mid_batch_costs_that_batch_only(model_dir, caplog):
+    """A fault of the engine (not of a request): each good request of the batch gets a 503 saying so, the bad one
+    keeps its own 4xx, the traceback goes to the worker log, and the next batch is served."""
+    handler, _ = make_handler(model_dir, max_length=16)
+    engine = handler.runner.engine
+    calls = []
+
+    def failing(batch):
+        calls.append(batch)
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    handler.runner.engine = failing
+    context = FakeContext("unused")
+    data = [{"body": "a good film"}, {"body": {"txt": "wrong field"}}, {"body": {"texts": ["fine", "bad"]}}]
+    answers = [json.loads(r) for r in handler.handle(data, context)]
+    assert calls, "the engine was not reached"
+    assert {i: status for i, (status, _) in context.statuses.items()} == {0: 503, 1: 400, 2: 503}
+    assert "the model failed while running this request's batch" in answers[0]["error"] and answers[0] == answers[2]
+    assert "illegal memory access" in caplog.text  # the traceback is logged, not sent to the client
+    assert "illegal memory access" not in json.dumps(answers)
+    handler.runner.engine = engine
+    context = FakeContext("unused")
+    (again,) = [json.loads(r) for r in handler.handle([{"body": "a good film"}], context)]
+    assert context.statuses == {} and again["label"] in ("negative", "positive")

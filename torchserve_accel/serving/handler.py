@@ -2,13 +2,15 @@
 
 ``initialize``: the model's typed options from model-config.yaml, the worker's device, then the model's
 ``load(model_dir, options, device, batch_size) -> Runner``. ``handle``: each request of TorchServe's batch becomes an
-item (``Runner.parse``, or a ``RequestError`` in its slot), ``Runner.run(items, timings)`` answers them all at once,
+item (``Runner.parse``, or a ``RequestError`` in its slot), ``Runner.run(items, timings)`` answers them all at once
+(a run that raises answers each good request of the batch 503, the bad ones keep their 4xx; the worker lives on),
 and the answers become JSON responses with a status per request and the batch's metrics.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Protocol, Sequence
@@ -19,6 +21,8 @@ from torchserve_accel.serving.options import options_from_context
 from torchserve_accel.serving.requests import (
     Request, RequestError, binary_parts, request_headers, request_payload,
 )
+
+log = logging.getLogger(__name__)
 
 
 class Runner(Protocol):
@@ -49,7 +53,13 @@ class ModelHandler:
         started = time.perf_counter()
         timings: dict[str, float] = {}
         items = [self._parse(request, context, idx) for idx, request in enumerate(data)]
-        answers = self.runner.run(items, timings)
+        try:
+            answers = self.runner.run(items, timings)
+        except Exception:  # a fault of the engine or the runner, not of any one request
+            log.exception("a batch of %d request(s) failed", len(data))
+            failed = RequestError(503, "the model failed while running this request's batch (the worker log has "
+                                       "the traceback); retry")
+            answers = [item if isinstance(item, RequestError) else failed for item in items]
         timings["total"] = time.perf_counter() - started
         responses = encode_responses(context, answers)
         record_batch(context, len(data), timings)

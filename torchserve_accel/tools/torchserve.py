@@ -240,6 +240,7 @@ class TorchServe:
     def _wait_healthy(self, timeout: float, log: Log) -> None:
         def healthy() -> bool:
             if not self.pid_alive():
+                MpsDaemon(self.run_dir).stop(log=log)  # nothing else of this instance is left running
                 raise TorchServeError(f"TorchServe exited during start-up\n{self.log_tail()}")
             try:
                 answer = self._session.get(self.url("inference", "/ping"), timeout=2,

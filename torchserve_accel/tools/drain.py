@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import requests
 
@@ -45,8 +45,20 @@ from torchserve_accel.tools.launch import TorchServeError
 from torchserve_accel.tools.polling import wait_until
 from torchserve_accel.tools.prometheus import metric_sum, parse_samples
 
-if TYPE_CHECKING:
-    from torchserve_accel.tools.torchserve import TorchServe
+
+class Server(Protocol):
+    """What drain needs of a TorchServe (torchserve.TorchServe, or endpoints.TorchServeAt); a protocol, since
+    torchserve.py's commands call drain."""
+
+    def describe(self, model_name: str) -> dict: ...
+
+    def metrics(self, names: list[str] | None = None) -> str: ...
+
+    def scale(self, model_name: str, min_worker: int, max_worker: int | None = None,
+              synchronous: bool = True) -> dict: ...
+
+    def unregister(self, model_name: str) -> dict: ...
+
 
 DEFAULT_TIMEOUT = 300.0  # s for a whole command: time to serve a long queue, short of a stuck one
 ARRIVED = "ts_inference_requests_total"  # TorchServe frontend, per model_name (and version)
@@ -81,7 +93,7 @@ class DrainTimeout(TorchServeError):
         self.backlog = backlog
 
 
-def observe(ts: TorchServe, model: str, unanswered: int = 0) -> tuple[Backlog, dict]:
+def observe(ts: Server, model: str, unanswered: int = 0) -> tuple[Backlog, dict]:
     """The model's backlog and its description. The queue is read first: a request queued after that read is
     counted on arrival by the metrics read that follows, so it shows as in flight rather than being missed."""
     description = ts.describe(model)
@@ -103,7 +115,7 @@ class _Watch:
     """The drain condition, polled: ``idle()`` once the queue is empty and nothing is in flight (or nothing has
     moved for maxBatchDelay + responseTimeout) on ``QUIET_POLLS`` polls in a row."""
 
-    def __init__(self, ts: TorchServe, model: str, log: Log, unanswered: int):
+    def __init__(self, ts: Server, model: str, log: Log, unanswered: int):
         self.ts, self.model, self.log, self.unanswered = ts, model, log, unanswered
         self.last: Backlog | None = None
         self.quiet = 0
@@ -146,7 +158,7 @@ class _Watch:
         return False
 
 
-def drain(ts: TorchServe, model: str, timeout: float = DEFAULT_TIMEOUT, log: Log = print,
+def drain(ts: Server, model: str, timeout: float = DEFAULT_TIMEOUT, log: Log = print,
           interval: float = 0.25, every: float = 5.0, unanswered: int = 0) -> Backlog:
     """Wait until ``model`` has no queued and no in-flight request (module docstring: what that rests on), logging
     the backlog every ``every`` seconds meanwhile; the last backlog seen. ``DrainTimeout`` after ``timeout`` s.
@@ -161,7 +173,7 @@ def drain(ts: TorchServe, model: str, timeout: float = DEFAULT_TIMEOUT, log: Log
     raise DrainTimeout(f"{model} did not drain within {timeout:g} s: {watch.last} left", watch.last)
 
 
-def unregister(ts: TorchServe, model: str, timeout: float = DEFAULT_TIMEOUT, log: Log = print,
+def unregister(ts: Server, model: str, timeout: float = DEFAULT_TIMEOUT, log: Log = print,
                force: bool = False) -> dict:
     """``ts.unregister`` once ``model`` has drained (``force``: at once). ``DrainTimeout``: not unregistered."""
     if not force:
@@ -172,7 +184,7 @@ def unregister(ts: TorchServe, model: str, timeout: float = DEFAULT_TIMEOUT, log
     return ts.unregister(model)
 
 
-def scale(ts: TorchServe, model: str, min_worker: int, max_worker: int | None = None,
+def scale(ts: Server, model: str, min_worker: int, max_worker: int | None = None,
           timeout: float = DEFAULT_TIMEOUT, log: Log = print, force: bool = False, synchronous: bool = True) -> dict:
     """``ts.scale`` that, when it lowers the worker count, goes down one worker at a time, draining before each
     step (``force``: at once). TorchServe's rule: fewer workers than ``min_worker`` get added up to it, more than

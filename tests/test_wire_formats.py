@@ -16,12 +16,11 @@ from PIL import Image
 from bert_handler import BertHandler
 from resnet_handler import ResNetHandler
 from tests.fake_context import FakeContext
+from tests.test_bert_handler import TINY as TINY_BERT
 from torchserve_accel.bert.archive import make_random_checkpoint
 from torchserve_accel.resnet.archive import prepare_archive_files
 
 REPO = __import__("pathlib").Path(__file__).resolve().parent.parent
-TINY_BERT = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-                 max_position_embeddings=64)
 
 
 def jpeg(seed: int, size=(160, 120)) -> bytes:

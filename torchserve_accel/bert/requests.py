@@ -173,7 +173,7 @@ def parse_request(request: Request, options: BertOptions, labels: list[str]) -> 
     if options.task == "qa" and isinstance(payload, (bytes, bytearray, str)):
         payload = parse_json(payload, '{"question": ..., "context": ...} or {"pairs": [...]}')
     if is_v2(payload):
-        return answer_v2(request, lambda v2: _v2_job(v2, request.model, options, labels))
+        return answer_v2(request, payload, lambda v2: _v2_job(v2, request.model, options, labels))
     if is_v1(payload):
         return _v1_job(payload, options, labels)
     if isinstance(payload, dict) and "inputs" in payload:

@@ -135,7 +135,8 @@ def _jpeg_header(blob: bytes | bytearray) -> JpegHeader | None:
         return None
     # Inside scans every 0xFF byte is followed by 0x00 or a restart marker, so FF D9 after the first scan can only
     # be the end of the image. nvJPEG decodes a file cut short without an error (the missing rows come out black),
-    # where PIL refuses it: such files go to PIL. Most files end with the marker; the search (from the end) is for trailing bytes.
+    # where PIL refuses it: such files go to PIL. Most files end with the marker; the search (from the end) is for
+    # trailing bytes.
     complete = blob[-2:] == b"\xff\xd9" or blob.rfind(b"\xff\xd9", pos) != -1
     return JpegHeader(*frame, orientation, complete)
 

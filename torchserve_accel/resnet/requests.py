@@ -40,7 +40,7 @@ def parse_request(request: Request, options: ResNetOptions) -> Job:
     """Raises ``RequestError`` for a request that cannot be read at all; a bad image among several keeps its slot."""
     payload, fmt = protocol_body(request.payload), options.response_format
     if is_v2(payload):
-        return answer_v2(request, lambda v2: _v2_job(v2, request.model, options))
+        return answer_v2(request, payload, lambda v2: _v2_job(v2, request.model, options))
     if is_v1(payload):
         return _v1_job(payload, options)
     if len(request.parts) > 1:

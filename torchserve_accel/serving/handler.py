@@ -52,7 +52,8 @@ class ModelHandler:
     def handle(self, data: list[dict], context: Any) -> list[str]:
         started = time.perf_counter()
         timings: dict[str, float] = {}
-        items = [self._parse(request, context, idx) for idx, request in enumerate(data)]
+        model = model_of(context)
+        items = [self._parse(request, context, idx, model) for idx, request in enumerate(data)]
         try:
             answers = self.runner.run(items, timings)
         except Exception:  # a fault of the engine or the runner, not of any one request
@@ -65,7 +66,7 @@ class ModelHandler:
         record_batch(context, len(data), timings)
         return responses
 
-    def _parse(self, request: dict, context: Any, idx: int) -> Any:
+    def _parse(self, request: dict, context: Any, idx: int, model: tuple[str, str]) -> Any:
         try:
             parts = binary_parts(request)
             try:
@@ -75,7 +76,7 @@ class ModelHandler:
                     raise
                 payload = parts[0]
             headers = request_headers(context, idx)
-            return self.runner.parse(Request(payload, headers.get("content-type"), parts, model_of(context), headers))
+            return self.runner.parse(Request(payload, headers.get("content-type"), parts, model, headers))
         except RequestError as err:
             return err
 

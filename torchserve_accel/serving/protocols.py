@@ -78,9 +78,9 @@ def by_model_infer(payload: Mapping[str, Any], headers: Mapping[str, str]) -> bo
     return "model_name" in payload and "host" not in headers
 
 
-def answer_v2(request: Request, build: Callable[[V2Request], Job]) -> Job:
-    """A v2 request -> ``build``'s job, with every refusal, at parsing or in the answer, framed as a v2 answer."""
-    payload = protocol_body(request.payload)
+def answer_v2(request: Request, payload: Mapping[str, Any], build: Callable[[V2Request], Job]) -> Job:
+    """A v2 request (``payload``: its body, as ``protocol_body`` gave it) -> ``build``'s job, with every refusal, at
+    parsing or in the answer, framed as a v2 answer."""
     try:
         job = build(parse_v2(payload, by_model_infer(payload, request.headers)))
     except RequestError as err:

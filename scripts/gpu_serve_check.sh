@@ -181,7 +181,7 @@ print("python", sys.version.split()[0], *[f"{p} {m.version(p)}" for p in ("torch
       --out "$RES/baseline-stock.json"
     step unregister-baseline 90 "${SWEEP_PY[@]}" unregister resnet101_baseline
     # The same handler with each worker's CPU threads capped at cores / WORKERS (PyTorch's default of one thread
-    # per core in every worker thrashes: 0 answers in 15 s).
+    # per core in every worker thrashes: benchmarks/NOTES.md).
     step register-baseline-tuned 30 "${TSCTL[@]}" register resnet101_baseline_tuned.mar --batch-size "$BS" \
       --max-batch-delay "$DELAY" --initial-workers 1 --asynchronous \
       && step wait-baseline-tuned 120 "${SWEEP_PY[@]}" wait resnet101_baseline_tuned --workers 1 --timeout 120 \

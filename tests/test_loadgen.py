@@ -69,6 +69,22 @@ def test_summarize_counts_completions_for_throughput_and_starts_for_latency():
     assert s["latency_ok_ms"]["count"] == 2 and s["latency_ok_ms"]["p50"] == 750.0
 
 
+def test_summarize_counts_requests_on_bad_payloads_apart():
+    """Requests on a payload marked bad are left out of every other figure: a 4xx for them is the right answer."""
+    records = Records()
+    for start, latency, status, payload in [(10.0, 0.1, 200, 0), (10.5, 0.1, 415, 1), (11.0, 0.2, 200, 0),
+                                            (11.5, 0.1, 400, 2), (12.0, 0.1, 507, 1), (13.0, 0.3, 503, 0),
+                                            (9.0, 0.1, 200, 1)]:  # the last one started before the window
+        records.add(start, latency, status, payload)
+    s = stats.summarize(records, 10.0, 14.0, bad=[False, True, True])
+    assert s["started"] == 3 and s["completed"] == 3 and s["errors"] == {"503": 1}
+    assert s["latency_ms"]["count"] == 3 and s["latency_ok_ms"]["count"] == 2
+    assert s["bad_inputs"] == {"started": 3, "answers": {"400": 1, "415": 1, "507": 1}, "not_4xx": 1}
+    assert "bad_inputs" not in stats.summarize(records, 10.0, 14.0)  # nothing marked: every request is counted
+    assert stats.summarize(records, 10.0, 14.0)["errors"] == {"400": 1, "415": 1, "503": 1, "507": 1}
+    assert [stats.is_4xx(s) for s in (400, "422", "499", 200, "507", "timeout")] == [True] * 3 + [False] * 3
+
+
 def test_summarize_refuses_an_empty_window():
     with pytest.raises(ValueError, match="empty measurement window"):
         stats.summarize(Records(), 5.0, 5.0)

@@ -14,7 +14,8 @@
     images.py       synthetic photo-like test images
     demo.py         the main job: build, serve and query ResNet-101 (and BERT-Large)
     loadgen/        the load generator: payloads, HTTP client, load processes, probes, statistics, driver
-    soak.py         steady load for minutes: no failure, no restart, bounded memory
+    soak.py         steady load for minutes: no failure, no restart, bounded memory; bad inputs mixed in, a
+                    worker killed under load, soaks of several models combined
     sweep.py        benchmark archives, worker waits, sweeps over workers x batching, combined reports
     plot.py         throughput-vs-p99 plots of result files
     gpu.py          GPU figures through NVML, nvidia-smi as a fallback

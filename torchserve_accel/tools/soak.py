@@ -2,15 +2,17 @@
 
     torchserve-accel soak --model resnet101 --minutes 10 --rate 2000 --out soak_resnet.json
     torchserve-accel soak --model bert_large --minutes 10 --out soak_bert.json     # rate: 80% of a measured max
+    torchserve-accel soak --model resnet101 --bad-fraction 0.01 --kill-worker --out soak_resnet.json
+    torchserve-accel soak-combine soak_resnet.json soak_bert.json --out soak_combined.json
 (``python scripts/soak.py ...`` runs the same)
 
-Passes when: no request failed (any non-200, client timeout or connection error, warm-up included); every worker
-still runs with the pid it had at the start (no restart); and the workers' host memory (RSS, their child
-processes included) and GPU memory (when there is a GPU) do not trend up: the median of the last third of the
-memory samples is less than ``--max-growth`` (5%) over the median of the middle third (``trend_growth``). A leak
-grows all the time and shows; a one-off step (an allocator reaching a new high-water mark after a rare bigger
-batch, timings shifted by other work on the machine) does not, unless it comes late and stays. The growth from the
-first sample to the last is reported beside it.
+Passes when: no good request failed (any non-200, client timeout or connection error, warm-up included); every
+bad input (``--bad-fraction``) was answered with a 4xx; every worker still runs with the pid it had at the start
+(no restart); and the workers' host memory (RSS, their child processes included) and GPU memory (when there is a
+GPU) do not trend up: the median of the last third of the memory samples is less than ``--max-growth`` (5%) over
+the median of the middle third (``trend_growth``). A leak grows all the time and shows; a one-off step (an
+allocator reaching a new high-water mark after a rare bigger batch, timings shifted by other work on the machine)
+does not, unless it comes late and stays. The growth from the first sample to the last is reported beside it.
 
 Load: the load generator's Poisson open loop (latency from the scheduled arrival) in segments of ``--segment-s``
 seconds; memory is sampled between segments, so the load processes never fork from a process running a sampler
@@ -18,23 +20,36 @@ thread. Warm-up first: a closed loop (concurrency: twice batchSize times the wor
 full batches (an allocator's high-water mark is reached then, not mistaken for growth later), then ``--warmup-s``
 at the soak's rate; only then the first memory sample. Without ``--rate``, that closed loop runs ``--measure-s``
 seconds and measures the maximum, and the soak runs at ``--rate-fraction`` (0.8) of it; with ``--rate``, it runs
-``--burst-s`` seconds.
+``--burst-s`` seconds. The closed loop sends good inputs only.
+
+Bad inputs (``--bad-fraction F``): every ``round(1/F)``-th payload of the list the load processes cycle through is
+a malformed one of the payloads' kind (``payloads.bad_inputs``: for images, bytes that are no image and a
+truncated JPEG; for texts, invalid JSON and an empty text). They are counted apart: latency, throughput and
+``failed`` are about the good requests; a bad one answered 200 or 5xx fails the soak. Each segment's p99 (one a
+minute with the default ``--segment-s``) is in the JSON and the summary line.
+
+Worker kill (``--kill-worker``), after the soak and its restart check, at the same rate: ``kill_one_worker``.
+Several models at once: run one soak per model, concurrently, against the same TorchServe, each with
+``--alongside`` naming the others (recorded: each maximum was then measured while the others were loaded too),
+and ``soak-combine`` their JSON files into one verdict (``combine``; exit status 1 when any soak failed).
 
 Host memory comes from psutil. GPU memory is per worker process where NVML (or nvidia-smi) lists the workers'
-pids, else (another pid namespace, e.g. a container) the memory in use on the whole GPU. A TorchServe on another
-machine (``--url``, ``--management-url``, ``--token-file``: endpoints.py) is judged on failures and restarts
-only: its workers' memory cannot be read from here. The JSON (``--out``)
-holds the configuration, each segment's figures, the memory series and the verdict; the exit status is 0 when
-the soak passed.
+pids, else (another pid namespace, e.g. a container, or MPS clients the driver does not list) the memory in use
+on the whole GPU. A TorchServe on another machine (``--url``, ``--management-url``, ``--token-file``:
+endpoints.py) is judged on failures and restarts only: its workers' memory cannot be read (nor a worker killed)
+from here. The JSON (``--out``) holds the configuration, each segment's figures, the memory series, the kill
+and the verdict; the exit status is 0 when the soak passed.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import psutil
 
@@ -44,11 +59,19 @@ from torchserve_accel.tools.gpu import GpuError, gpus
 from torchserve_accel.tools.launch import TorchServeError
 from torchserve_accel.tools.loadgen import LoadConfig, Payload, add_payload_arguments, payloads_from, run_load
 from torchserve_accel.tools.loadgen.driver import default_processes
+from torchserve_accel.tools.loadgen.payloads import bad_inputs, interleave_bad
 from torchserve_accel.tools.loadgen.probes import HostCpu, describe_card, describe_server, software_versions
+from torchserve_accel.tools.loadgen.stats import cell, is_4xx
+from torchserve_accel.tools.polling import wait_until
 from torchserve_accel.tools.torchserve import TorchServe
 
 SCHEMA = "torchserve-accel/soak/1"
+COMBINED_SCHEMA = "torchserve-accel/soak-combined/1"
 NOT_LOCAL = "not measured: the workers are not processes of this machine (failures and restarts are still judged)"
+ALONGSIDE = ("soaked at the same time as these models on the same TorchServe: this model's maximum (and so its "
+             "rate) was measured while they were loaded too")
+READY_WAIT_S = 60.0  # a worker that has just started can show its previous state for a moment after register
+LOST = ("507", "timeout", "connection_error")  # a killed worker's requests: "Worker died.", or never answered
 
 
 # ---------------------------------------------------------------------------------------------- memory
@@ -162,10 +185,35 @@ class SoakConfig:
     timeout_s: float = 60.0
     max_growth: float = 0.05
     settle_s: float = 1.0  # idle before each memory sample: answers in flight are done, buffers freed
+    bad_fraction: float = 0.0  # share of requests carrying a bad input, each to be answered 4xx
+    kill_worker: bool = False  # after the soak: SIGKILL one worker under the same load (kill_one_worker)
+    kill_after_s: float = 5.0  # load before the kill, inside the kill window
+    kill_window_s: float = 60.0  # load seconds of the kill phase
+    recovery_timeout_s: float = 300.0  # from the kill; polled past the window when the worker is not back by then
+    alongside: tuple[str, ...] = ()  # models soaked at the same time on this TorchServe (recorded, not driven)
 
 
 def workers_of(ts: TorchServe, model: str) -> dict[str, dict[str, Any]]:
     return {w["id"]: {"pid": w["pid"], "status": w["status"]} for w in ts.describe(model).get("workers", [])}
+
+
+def wait_ready(ts: TorchServe, model: str, timeout: float = READY_WAIT_S) -> dict[str, dict[str, Any]]:
+    """The model's workers once all are READY (there must be some); raises after ``timeout`` seconds."""
+    workers = wait_until(lambda: _all_ready(workers_of(ts, model)), timeout, interval=0.5)
+    if not workers:
+        raise TorchServeError(f"{model} has no READY workers to soak: {workers_of(ts, model)}")
+    return workers
+
+
+def _all_ready(workers: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]] | None:
+    return workers if workers and all(w["status"] == "READY" for w in workers.values()) else None
+
+
+def rotated(payloads: Sequence[Payload], offset: int) -> list[Payload]:
+    """``payloads`` starting at ``offset``: each segment goes on where the one before stopped, so a short segment
+    does not send the same first entries (and miss the bad ones) every time."""
+    k = offset % len(payloads)
+    return [*payloads[k:], *payloads[:k]]
 
 
 def full_batches(ts: TorchServe, model: str, payloads: Sequence[Payload], seconds: float, config: SoakConfig,
@@ -184,26 +232,43 @@ def full_batches(ts: TorchServe, model: str, payloads: Sequence[Payload], second
 
 
 def _segment(ts: TorchServe, model: str, payloads: Sequence[Payload], rate: float, seconds: float,
-             config: SoakConfig, seed: int, log: Log, probe: bool = False) -> dict[str, Any]:
+             config: SoakConfig, seed: int, log: Log, probe: bool = False,
+             during: Callable[[float, float], Any] | None = None) -> dict[str, Any]:
     load = LoadConfig(rate=rate, processes=config.processes, warmup_s=0.0, duration_s=seconds,
                       timeout_s=config.timeout_s, seed=seed)
-    result = run_load(ts, model, payloads, load, log=lambda m: None, probe=probe)
+    result = run_load(ts, model, payloads, load, log=lambda m: None, probe=probe, during=during)
     failed = sum(result["errors"].values()) + len(result["client"]["failures"])
+    bad = result.get("bad_inputs")
     log(f"[soak]   {seconds:5.0f} s at {rate:.1f}/s: {result['started']} sent, {result['ok_rps']:.1f} ok/s, "
-        f"p99 {result['latency_ms']['p99']} ms, failed {failed} {result['errors'] or ''}")
-    keep = ("window_s", "started", "completed", "ok_rps", "errors", "latency_ms")
-    return {**{k: result[k] for k in keep}, "client_failures": result["client"]["failures"], "failed": failed}
+        f"p99 {result['latency_ms']['p99']} ms, failed {failed}" + (f" {result['errors']}" if result["errors"] else "")
+        + (f"; bad inputs {bad['started']} {bad['answers']}" if bad else ""))
+    keep = ("window_s", "started", "completed", "ok_rps", "errors", "latency_ms", "bad_inputs", "during")
+    return {**{k: result[k] for k in keep if k in result}, "client_failures": result["client"]["failures"],
+            "failed": failed}
 
 
-def run_soak(ts: TorchServe, model: str, payloads: Sequence[Payload], config: SoakConfig,
-             log: Log = print) -> dict[str, Any]:
-    """Warm up, then run ``config.minutes`` of load in segments; the figures and the verdict as a dict."""
+def _sent(segment: dict[str, Any]) -> int:
+    """Requests of a segment started in its window, good and bad."""
+    return segment["started"] + segment.get("bad_inputs", {}).get("started", 0)
+
+
+def run_soak(ts: TorchServe, model: str, payloads: Sequence[Payload], config: SoakConfig, log: Log = print,
+             bad_payloads: Sequence[Payload] = ()) -> dict[str, Any]:
+    """Warm up, then run ``config.minutes`` of load in segments (``bad_payloads`` mixed in at
+    ``config.bad_fraction``), then the worker kill if asked; the figures and the verdict as a dict."""
     doc: dict[str, Any] = {"model": model, "config": asdict(config)}
-    before = workers_of(ts, model)
+    if config.alongside:
+        doc["alongside"] = {"models": list(config.alongside), "note": ALONGSIDE}
+    before = wait_ready(ts, model)
     doc["workers_before"] = before
-    if not before or any(w["status"] != "READY" for w in before.values()):
-        raise TorchServeError(f"{model} has no READY workers to soak: {before}")
     pids = {worker_id: w["pid"] for worker_id, w in before.items()}
+    local = workers_are_local(pids.values())
+    if config.kill_worker and not local:
+        raise TorchServeError(f"--kill-worker: the workers of {model} are not processes of this machine")
+    mixed = interleave_bad(payloads, bad_payloads, config.bad_fraction)
+    if config.bad_fraction:
+        doc["bad_inputs"] = {"fraction": round(sum(p.bad for p in mixed) / len(mixed), 5),
+                             "kinds": [p.name for p in bad_payloads], "payloads_in_cycle": len(mixed)}
 
     rate = config.rate
     if rate is None:
@@ -215,48 +280,158 @@ def run_soak(ts: TorchServe, model: str, payloads: Sequence[Payload], config: So
         doc["burst"] = full_batches(ts, model, payloads, config.burst_s, config, log)
     doc["rate"] = rate
     log(f"[soak] {model}: {config.minutes:g} min at {rate:g} req/s ({len(pids)} worker(s)), "
-        f"after {config.warmup_s:g} s of warm-up")
+        f"after {config.warmup_s:g} s of warm-up"
+        + (f", bad inputs {doc['bad_inputs']['fraction']:g} of the requests" if config.bad_fraction else ""))
 
-    local = workers_are_local(pids.values())
     frontend = (ts.frontend_pid() or frontend_of(pids.values())) if local else None
     if not local:
         log(f"[soak] {model}: memory {NOT_LOCAL}")
 
-    doc["warmup"] = _segment(ts, model, payloads, rate, config.warmup_s, config, seed=0, log=log, probe=True)
+    doc["warmup"] = _segment(ts, model, mixed, rate, config.warmup_s, config, seed=0, log=log, probe=True)
+    offset = _sent(doc["warmup"])
     time.sleep(config.settle_s)
-    t0 = time.monotonic()
+    t0, started_at = time.monotonic(), time.time()
     samples = [sample_memory(pids, frontend, t0)] if local else []
     segments = []
     left = config.minutes * 60.0
     while left > 0.5:
         seconds = min(config.segment_s, left)
-        segments.append(_segment(ts, model, payloads, rate, seconds, config, seed=len(segments) + 1, log=log))
+        segments.append(_segment(ts, model, rotated(mixed, offset), rate, seconds, config, seed=len(segments) + 1,
+                                 log=log))
+        offset += _sent(segments[-1])
         left -= seconds
         time.sleep(config.settle_s)
         if local:
             samples.append(sample_memory(pids, frontend, t0))
+    doc["phases"] = {"soak": [round(started_at, 3), round(time.time(), 3)]}  # wall clock, to line up with others
     after = workers_of(ts, model)
 
     memory, memory_failures = judge_memory(samples, config.max_growth) if local else ({"judged": NOT_LOCAL}, [])
-    sent = sum(s["started"] for s in segments)
-    window = sum(s["window_s"] for s in segments)
-    doc.update(
-        segments=segments,
-        totals={"sent": sent, "failed": sum(s["failed"] for s in [*segments, doc["warmup"], doc.get("max_rate", {}),
-                                                                    doc.get("burst", {})] if s),
-                "mean_rate": round(sent / window, 2) if window else None,
-                "p99_ms_worst_segment": max((s["latency_ms"]["p99"] or 0.0 for s in segments), default=None)},
-        memory=memory,
-        workers_after=after,
-    )
+    doc.update(totals=soak_totals(doc, segments), segments=segments, memory=memory, workers_after=after)
+    totals = doc["totals"]
     failures = []
-    if doc["totals"]["failed"]:
-        failures.append(f"{doc['totals']['failed']} failed request(s)")
+    if totals["failed"]:
+        failures.append(f"{totals['failed']} failed good request(s)")
+    if totals["bad_not_4xx"]:
+        failures.append(f"{totals['bad_not_4xx']} bad request(s) not answered 4xx: {totals['bad_answers']}")
     if {k: v["pid"] for k, v in after.items()} != pids or any(w["status"] != "READY" for w in after.values()):
         failures.append(f"workers changed (restart?): before {before}, after {after}")
     failures += memory_failures
+    if config.kill_worker:
+        max_rps = (doc.get("max_rate") or doc.get("burst") or {}).get("ok_rps")
+        doc["kill"] = kill_one_worker(ts, model, rotated(mixed, offset), rate, config, len(segments) + 1, max_rps,
+                                      log)
+        doc["phases"]["kill"] = doc["kill"]["killed_at"]
+        failures += [f"kill: {why}" for why in doc["kill"]["failures"]]
     doc["passed"], doc["failures"] = not failures, failures
     return doc
+
+
+def soak_totals(doc: dict[str, Any], segments: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Sums over the soak's segments; failures and bad inputs over every phase before them too."""
+    sent = sum(_sent(s) for s in segments)
+    window = sum(s["window_s"] for s in segments)
+    phases = [s for s in [*segments, doc["warmup"], doc.get("max_rate", {}), doc.get("burst", {})] if s]
+    bad_answers: dict[str, int] = {}
+    for phase in phases:
+        for name, n in phase.get("bad_inputs", {}).get("answers", {}).items():
+            bad_answers[name] = bad_answers.get(name, 0) + n
+    p99s = [s["latency_ms"]["p99"] for s in segments]
+    return {"sent": sent, "good_sent": sum(s["started"] for s in segments),
+            "failed": sum(s["failed"] for s in phases),
+            "bad_sent": sum(bad_answers.values()),
+            "bad_not_4xx": sum(n for name, n in bad_answers.items() if not is_4xx(name)),
+            "bad_answers": dict(sorted(bad_answers.items())),
+            "mean_rate": round(sent / window, 2) if window else None,
+            "p99_ms_per_segment": p99s,
+            "p99_ms_worst_segment": max((p or 0.0 for p in p99s), default=None)}
+
+
+# ---------------------------------------------------------------------------------------------- worker kill
+
+
+def kill_one_worker(ts: TorchServe, model: str, payloads: Sequence[Payload], rate: float, config: SoakConfig,
+                    seed: int, max_rps: float | None, log: Log = print) -> dict[str, Any]:
+    """SIGKILL one READY worker of ``model`` ``config.kill_after_s`` into ``config.kill_window_s`` seconds of load
+    at ``rate``, and measure its recovery: from the kill until describe shows the worker count of before, all
+    READY, the killed pid gone (polled every 0.25 s, past the window when needed, up to
+    ``config.recovery_timeout_s``). The kill window's figures and ``judge_kill``'s verdict, as a dict."""
+    before = wait_ready(ts, model)
+    batch_size = int(ts.describe(model).get("batchSize") or 1)
+    victim = sorted(before)[0]
+    pid = int(before[victim]["pid"])
+
+    def kill_and_watch(window_start: float, window_end: float) -> dict[str, Any]:
+        time.sleep(max(0.0, window_start + config.kill_after_s - time.monotonic()))
+        os.kill(pid, signal.SIGKILL)
+        killed, killed_at = time.monotonic(), time.time()
+        log(f"[soak] {model}: SIGKILL worker {victim} (pid {pid}) under load at {rate:g} req/s")
+        back = wait_until(lambda: _replaced(ts, model, len(before), pid), config.recovery_timeout_s, interval=0.25)
+        recovery = time.monotonic() - killed
+        log(f"[soak] {model}: " + (f"{len(back)} worker(s) READY again {recovery:.1f} s after the kill" if back
+                                   else f"not recovered {recovery:.0f} s after the kill"))
+        return {"killed_after_s": round(killed - window_start, 3), "killed_at": round(killed_at, 3),
+                "recovery_s": round(recovery, 2) if back else None, "workers_after": back or workers_of(ts, model)}
+
+    segment = _segment(ts, model, payloads, rate, config.kill_window_s, config, seed, log, during=kill_and_watch)
+    watch = segment.pop("during")
+    unexpected = dict(segment["errors"])  # good requests not answered 200, and below bad ones not answered 4xx
+    for name, n in segment.get("bad_inputs", {}).get("answers", {}).items():
+        if not is_4xx(name):
+            unexpected[name] = unexpected.get(name, 0) + n
+    old_pids = {int(w["pid"]) for w in before.values()}
+    kill = {"worker": victim, "pid": pid, "batch_size": batch_size, "workers": len(before), "rate": rate,
+            **watch, "new_pids": sorted({int(w["pid"]) for w in watch["workers_after"].values()} - old_pids),
+            "sent": _sent(segment), "unexpected": dict(sorted(unexpected.items())), "window": segment}
+    kill.update(judge_kill(unexpected, batch_size, len(before), rate, max_rps, watch["recovery_s"] is not None,
+                           restarted=len(kill["new_pids"])))
+    if segment["client_failures"]:
+        kill["failures"].append(f"load processes failed: {segment['client_failures']}")
+    return kill
+
+
+def _replaced(ts: TorchServe, model: str, count: int, killed_pid: int) -> dict[str, dict[str, Any]] | None:
+    """The workers once there are ``count``, all READY, none with ``killed_pid``; None before (or unreachable)."""
+    try:
+        workers = workers_of(ts, model)
+    except (TorchServeError, OSError):
+        return None
+    back = len(workers) == count and killed_pid not in {int(w["pid"]) for w in workers.values()}
+    return _all_ready(workers) if back else None
+
+
+def judge_kill(unexpected: dict[str, int], batch_size: int, workers: int, rate: float, max_rps: float | None,
+               recovered: bool, restarted: int = 1) -> dict[str, Any]:
+    """What a worker kill may cost, from the kill window's unexpected answers (by status name).
+
+    Lost (507 "Worker died.", timeouts, dropped connections): at most two batches, the one the killed worker was
+    running (507) and the one its aggregator was collecting (never answered: TorchServe 0.12,
+    docs/reliability.md); so at most 2 x batchSize. Refused (503, the queue full): allowed only when the
+    remaining workers cannot carry the rate (``max_rps`` x (workers - 1) / workers below it), as with two workers
+    at 80% of their maximum; then it is a matter of capacity, not of the kill. Any other answer fails, and so does
+    a worker not back within the recovery timeout, or more than one worker with a new pid (``restarted``: under
+    MPS a client's death must not take the others with it).
+    """
+    lost = sum(unexpected.get(name, 0) for name in LOST)
+    refused = unexpected.get("503", 0)
+    other = {name: n for name, n in unexpected.items() if name not in LOST and name != "503"}
+    capacity = None if max_rps is None else round(max_rps * (workers - 1) / workers, 2)
+    overloaded = capacity is not None and rate > capacity
+    failures = []
+    if not recovered:
+        failures.append(f"not {workers} READY worker(s) with a new pid within the recovery timeout")
+    if lost > 2 * batch_size:
+        failures.append(f"{lost} request(s) lost, more than 2 x batchSize ({2 * batch_size})")
+    if refused and not overloaded:
+        failures.append(f"{refused} request(s) refused 503 while the other workers could carry the rate "
+                        f"({capacity} req/s without one worker, rate {rate:g})")
+    if other:
+        failures.append(f"unexpected answers {other}")
+    if restarted > 1:
+        failures.append(f"{restarted} workers have a new pid; one was killed")
+    return {"lost": lost, "lost_limit": 2 * batch_size, "refused_503": refused,
+            "capacity_without_one_worker_rps": capacity, "overloaded_without_one_worker": overloaded,
+            "other": other, "failures": failures}
 
 
 def judge_memory(samples: Sequence[MemorySample], max_growth: float) -> tuple[dict[str, Any], list[str]]:
@@ -305,8 +480,44 @@ def one_line(doc: dict[str, Any]) -> str:
         memory = f"RSS {m['rss_start_mb']} -> {m['rss_end_mb']} MB ({_pct(m['rss_growth'])})"
         if m["gpu_growth"] is not None:
             memory += f", GPU {m['gpu_start_mib']} -> {m['gpu_end_mib']} MiB ({_pct(m['gpu_growth'])})"
-    return (f"soak {doc['model']}: {t['sent']} requests at {t['mean_rate']}/s, {t['failed']} failed, worst p99 "
-            f"{t['p99_ms_worst_segment']} ms, {memory}: {verdict}")
+    bad = (f", bad inputs {t['bad_sent']} (warm-up included), {t['bad_not_4xx']} not answered 4xx"
+           if "bad_inputs" in doc else "")
+    p99s = " ".join(cell(p) for p in t["p99_ms_per_segment"])
+    return (f"soak {doc['model']}: {t['sent']} requests at {t['mean_rate']}/s{bad}, {t['failed']} failed, p99 per "
+            f"segment {p99s} ms, {memory}{kill_text(doc.get('kill'))}: {verdict}")
+
+
+def kill_text(kill: dict[str, Any] | None) -> str:
+    if not kill:
+        return ""
+    back = (f"back in {kill['recovery_s']} s (new pid {', '.join(map(str, kill['new_pids']))})"
+            if kill["recovery_s"] is not None else "NOT back")
+    return (f"; worker {kill['worker']} killed: {back}, {kill['lost']} lost (limit {kill['lost_limit']}), "
+            f"{kill['refused_503']} refused 503")
+
+
+# ---------------------------------------------------------------------------------------------- several models
+
+
+def combine(docs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One document for soaks run at the same time against one TorchServe: every soak whole, each verdict, how
+    long their soak phases ran together (negative: the gap between them), and whether every kill came after all
+    of them had ended (a kill during another model's soak would be part of that model's figures). Passed when
+    every soak passed."""
+    spans = [d["phases"]["soak"] for d in docs if "soak" in d.get("phases", {})]
+    kills = [d["phases"]["kill"] for d in docs if "kill" in d.get("phases", {})]
+    together = round(min(end for _, end in spans) - max(start for start, _ in spans), 1) if spans else None
+    failures = [f"{d.get('model')}: {why}" for d in docs if not d.get("passed")
+                for why in (d.get("failures") or [d.get("error") or "did not pass"])]
+    return {"schema": COMBINED_SCHEMA, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "card": next((d["card"] for d in docs if d.get("card")), None),
+            "models": [d.get("model") for d in docs],
+            "verdicts": [{"model": d.get("model"), "passed": bool(d.get("passed")), "summary": one_line(d)}
+                         for d in docs],
+            "soak_phases_together_s": together,
+            "kills_after_every_soak": (all(k >= max(end for _, end in spans) for k in kills)
+                                       if kills and spans else None),
+            "passed": bool(docs) and not failures, "failures": failures, "soaks": list(docs)}
 
 
 # ---------------------------------------------------------------------------------------------- command line
@@ -328,8 +539,23 @@ def add_commands(commands: Commands) -> None:
     p.add_argument("--processes", type=int, default=default_processes(), help="load processes")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds per request")
     p.add_argument("--max-growth", type=float, default=0.05, help="allowed memory growth (default 0.05)")
+    p.add_argument("--bad-fraction", type=float, default=0.0,
+                   help="share of requests with a bad input, each to be answered 4xx (default 0; at most 0.5)")
+    p.add_argument("--kill-worker", action="store_true",
+                   help="after the soak, SIGKILL one worker under the same load and measure its recovery")
+    p.add_argument("--kill-after-s", type=float, default=5.0, help="load before the kill (default 5)")
+    p.add_argument("--kill-window-s", type=float, default=60.0, help="load seconds of the kill phase (default 60)")
+    p.add_argument("--recovery-timeout-s", type=float, default=300.0,
+                   help="seconds from the kill for the worker to be back (default 300)")
+    p.add_argument("--alongside", action="append", default=[], metavar="MODEL",
+                   help="a model soaked at the same time on this TorchServe (recorded in the result; repeatable)")
     add_payload_arguments(p)
     p.add_argument("--out", type=Path, default=None, help="write the result JSON here")
+
+    p = commands.add("soak-combine", _combine, "one verdict for soaks run together (exit 1 when any failed)",
+                     details=combine.__doc__)
+    p.add_argument("inputs", nargs="+", type=Path, help="soak result JSON files")
+    p.add_argument("--out", type=Path, required=True, help="write the combined JSON here")
 
 
 def _soak(ts: TorchServe, args: Any) -> int:
@@ -337,16 +563,27 @@ def _soak(ts: TorchServe, args: Any) -> int:
         args.parser.error("--rate must be > 0")
     if args.minutes <= 0 or args.segment_s <= 0:
         args.parser.error("--minutes and --segment-s must be > 0")
+    if not 0 <= args.bad_fraction <= 0.5:
+        args.parser.error("--bad-fraction must be within [0, 0.5]")
+    if args.kill_worker and not 0 <= args.kill_after_s < args.kill_window_s:
+        args.parser.error("--kill-after-s must be >= 0 and less than --kill-window-s")
     payloads, payload_desc = payloads_from(args, args.model)
+    bad = bad_inputs(payload_desc["kind"]) if args.bad_fraction else []
     config = SoakConfig(minutes=args.minutes, rate=args.rate, rate_fraction=args.rate_fraction,
                         measure_s=args.measure_s, burst_s=args.burst_s, warmup_s=args.warmup_s,
                         segment_s=args.segment_s, processes=args.processes, timeout_s=args.timeout,
-                        max_growth=args.max_growth)
+                        max_growth=args.max_growth, bad_fraction=args.bad_fraction, kill_worker=args.kill_worker,
+                        kill_after_s=args.kill_after_s, kill_window_s=args.kill_window_s,
+                        recovery_timeout_s=args.recovery_timeout_s, alongside=tuple(args.alongside))
     doc: dict[str, Any] = {"schema": SCHEMA, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "card": describe_card(),
                            "versions": software_versions(), "command": args.command_line, "payload": payload_desc}
     try:
+        doc["mps"] = ts.info.mps  # workers as clients of an MPS daemon (torchserve-accel start --mps)
+    except (TorchServeError, OSError):
+        doc["mps"] = None  # a TorchServe given by its URLs: not known here
+    try:
         doc["server"] = describe_server(ts, args.model)
-        doc.update(run_soak(ts, args.model, payloads, config, log=lambda m: print(m, flush=True)))
+        doc.update(run_soak(ts, args.model, payloads, config, log=lambda m: print(m, flush=True), bad_payloads=bad))
     except (TorchServeError, OSError, ValueError) as exc:
         doc.update(model=args.model, error=f"{type(exc).__name__}: {exc}", passed=False)
     if args.out:
@@ -355,3 +592,21 @@ def _soak(ts: TorchServe, args: Any) -> int:
         print(f"[soak] wrote {args.out}")
     print(one_line(doc), flush=True)
     return 0 if doc.get("passed") else 1
+
+
+def _combine(args: Any) -> int:
+    docs = []
+    for path in args.inputs:
+        try:
+            docs.append(json.loads(path.read_text()))
+        except (OSError, ValueError) as exc:
+            docs.append({"model": str(path), "passed": False, "error": f"unreadable: {type(exc).__name__}: {exc}"})
+    document = combine(docs)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(document, indent=1) + "\n")
+    for verdict in document["verdicts"]:
+        print(verdict["summary"], flush=True)
+    print(f"[soak-combine] {len(docs)} soak(s), together {document['soak_phases_together_s']} s, kills after every "
+          f"soak: {document['kills_after_every_soak']}: {'PASSED' if document['passed'] else 'FAILED'} -> {args.out}",
+          flush=True)
+    return 0 if document["passed"] else 1

@@ -8,7 +8,7 @@ import os
 import sys
 import time
 from dataclasses import asdict, dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 from urllib.parse import urlsplit
 
 from torchserve_accel.tools import Log
@@ -49,12 +49,18 @@ def default_processes() -> int:
 
 
 def run_load(ts: TorchServe, model: str, payloads: Sequence[Payload], config: LoadConfig, log: Log = print,
-             probe: bool = True) -> dict[str, Any]:
-    """Drive ``model`` with ``payloads`` as ``config`` says; the figures as a dict (see ``loadgen``'s doc)."""
+             probe: bool = True, during: Callable[[float, float], Any] | None = None) -> dict[str, Any]:
+    """Drive ``model`` with ``payloads`` as ``config`` says; the figures as a dict (see ``loadgen``'s doc).
+
+    Payloads marked ``bad`` are counted apart (``stats.summarize``). ``during(window_start, window_end)``, when
+    given, runs in this process once the window has opened, while the load processes keep sending (it may outlast
+    the window); what it returns is the result's ``during``.
+    """
     processes = _check(ts, payloads, config)
     result: dict[str, Any] = {"model": model, "mode": config.mode}
     if probe:  # checks model, payload and key (a refused key is rotated) before any process starts
-        result["probe"] = probe_model(ts, model, payloads[0], config.timeout_s)
+        result["probe"] = probe_model(ts, model, next((p for p in payloads if not p.bad), payloads[0]),
+                                      config.timeout_s)
     specs = _process_specs(ts, model, payloads, config, processes)
     log(f"[loadgen] {model}: {config.mode} loop, "
         + (f"{config.concurrency} in flight" if config.mode == "closed" else f"{config.rate:.0f} req/s Poisson")
@@ -66,14 +72,16 @@ def run_load(ts: TorchServe, model: str, payloads: Sequence[Payload], config: Lo
         window_end = window_start + config.duration_s
         _sleep_until(window_start)
         cpu_before, before = HostCpu.snapshot(), scrape(ts)
+        if during is not None:
+            result["during"] = during(window_start, window_end)
         load.collect(until=window_end)  # the window closes (or every process ran out of max_requests)
         cpu_after, after = HostCpu.snapshot(), scrape(ts)
         scraped_at = time.monotonic()
-        load.finish(hard_stop=window_end + config.timeout_s + 30)
+        load.finish(hard_stop=max(window_end + config.timeout_s, scraped_at) + 30)
     records, stopped_at, client = _combine(load.outputs, processes, open_loop=config.mode == "open")
     if config.max_requests and stopped_at < window_end:
         window_end = max(window_start, stopped_at)  # a process ran out of its request share: the window ends there
-    result.update(summarize(records, window_start, window_end))
+    result.update(summarize(records, window_start, window_end, bad=[p.bad for p in payloads]))
     result["server"] = counter_deltas(before, after, model)
     result["gpu"] = gpu.summary(window_start, min(window_end, scraped_at))
     result["host_cpu"] = HostCpu.summary(cpu_before, cpu_after)

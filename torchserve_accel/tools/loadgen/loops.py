@@ -55,9 +55,9 @@ async def _closed_loop(spec: ProcessSpec, conns: list[Connection], start_at: flo
             counters["sent"] += 1
             status = await conn.send(spec.requests[k], spec.timeout_s)
             ended = time.monotonic()
-            k = (k + 1) % n
             if ended >= window_start:
-                records.add(began, ended - began, status)
+                records.add(began, ended - began, status, k)
+            k = (k + 1) % n
 
     delay = start_at - time.monotonic()
     if delay > 0:
@@ -77,7 +77,7 @@ async def _open_loop(spec: ProcessSpec, conns: list[Connection], start_at: float
     lags = counters["lags"]
     in_flight: set[asyncio.Task] = set()
 
-    async def one(scheduled: float, raw: bytes) -> None:
+    async def one(scheduled: float, k: int) -> None:
         nonlocal opened
         if idle.empty() and opened < spec.max_connections:
             opened += 1
@@ -85,12 +85,12 @@ async def _open_loop(spec: ProcessSpec, conns: list[Connection], start_at: float
         else:
             conn = await idle.get()  # waits while every connection is busy: counted in the latency
         try:
-            status = await conn.send(raw, spec.timeout_s - (time.monotonic() - scheduled))
+            status = await conn.send(spec.requests[k], spec.timeout_s - (time.monotonic() - scheduled))
         finally:
             idle.put_nowait(conn)
         ended = time.monotonic()
         if ended >= window_start:
-            records.add(scheduled, ended - scheduled, status)
+            records.add(scheduled, ended - scheduled, status, k)
 
     t, k = start_at, (spec.index * 7_919) % len(spec.requests)
     while True:
@@ -104,7 +104,7 @@ async def _open_loop(spec: ProcessSpec, conns: list[Connection], start_at: float
         if t >= window_start:
             lags.append(time.monotonic() - t)  # how late this arrival left: the client's own delay
         counters["sent"] += 1
-        task = asyncio.ensure_future(one(t, spec.requests[k]))
+        task = asyncio.ensure_future(one(t, k))
         in_flight.add(task)
         task.add_done_callback(in_flight.discard)
         k = (k + 1) % len(spec.requests)

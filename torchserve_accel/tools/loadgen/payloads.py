@@ -1,9 +1,11 @@
-"""Request bodies for the load generator: ImageNet-like JPEGs, image files from a folder, or JSON texts."""
+"""Request bodies for the load generator: ImageNet-like JPEGs, image files from a folder, or JSON texts; and bad
+inputs that a model must refuse, mixed in at a given fraction (the soak's)."""
 
 from __future__ import annotations
 
 import io
 import json
+import math
 import random
 import re
 from dataclasses import dataclass
@@ -22,6 +24,7 @@ class Payload:
     body: bytes
     content_type: str
     name: str = ""
+    bad: bool = False  # a malformed input: the right answer is a 4xx of its own, not 200
 
 
 def photo_like_jpeg(seed: int, size: tuple[int, int] = (500, 375), quality: int = 90, grain: float = 0.17) -> bytes:
@@ -119,3 +122,43 @@ def build_payloads(model: str, *, texts: int | None = None, images: int | None =
     sizes = sorted(len(p.body) for p in payloads)
     desc["bytes"] = {"mean": round(sum(sizes) / len(sizes)), "min": sizes[0], "max": sizes[-1]}
     return payloads, desc
+
+
+def bad_inputs(kind: str) -> list[Payload]:
+    """Malformed requests that a model of this payload ``kind`` ("images" or "text") must refuse with a 4xx of their
+    own (docs/reliability.md, section 1): bytes that are no image and a JPEG cut in half; or JSON that does not
+    parse and an empty text."""
+    if kind == "text":
+        return [Payload(b'{"text": "no closing quote', "application/json", "bad_invalid_json", bad=True),
+                Payload(b'{"text": ""}', "application/json", "bad_empty_text", bad=True)]
+    if kind == "images":
+        jpeg = photo_like_jpeg(0)
+        return [Payload(b"this is not an image", "image/jpeg", "bad_not_an_image", bad=True),
+                Payload(jpeg[: len(jpeg) // 2], "image/jpeg", "bad_truncated_jpeg", bad=True)]
+    raise ValueError(f"no bad inputs for payloads of kind {kind!r}")
+
+
+def interleave_bad(good: Sequence[Payload], bad: Sequence[Payload], fraction: float) -> list[Payload]:
+    """``good`` with every ``round(1 / fraction)``-th entry one of ``bad`` (in turn) and the first entry good; long
+    enough for every good and every bad payload to be in it.
+
+    The list is a whole number of those periods long, so a load process cycling through it from any entry sends
+    one bad request in every period: the fraction holds for every process and without a random draw in the load
+    loop. ``fraction`` 0 returns ``good`` as it is.
+    """
+    if not 0.0 <= fraction <= 0.5:
+        raise ValueError(f"the fraction of bad inputs must be within [0, 0.5], got {fraction}")
+    if fraction == 0.0:
+        return list(good)
+    if not good or not bad:
+        raise ValueError("interleaving needs good and bad payloads")
+    period = round(1.0 / fraction)
+    periods = max(math.ceil(len(good) / (period - 1)), len(bad))
+    mixed, g = [], 0
+    for i in range(periods * period):
+        if i % period == period - 1:
+            mixed.append(bad[(i // period) % len(bad)])
+        else:
+            mixed.append(good[g % len(good)])
+            g += 1
+    return mixed

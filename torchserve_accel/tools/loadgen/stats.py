@@ -14,21 +14,25 @@ STATUS_NAMES = {STATUS_TIMEOUT: "timeout", STATUS_CONNECTION: "connection_error"
 
 @dataclass
 class Records:
-    """Requests of one process: start (monotonic s; scheduled arrival in open loop), latency (s), status."""
+    """Requests of one process: start (monotonic s; scheduled arrival in open loop), latency (s), status, and the
+    index of the payload sent."""
 
     start: array.array = field(default_factory=lambda: array.array("d"))
     latency: array.array = field(default_factory=lambda: array.array("d"))
     status: array.array = field(default_factory=lambda: array.array("i"))
+    payload: array.array = field(default_factory=lambda: array.array("i"))
 
-    def add(self, start: float, latency: float, status: int) -> None:
+    def add(self, start: float, latency: float, status: int, payload: int = 0) -> None:
         self.start.append(start)
         self.latency.append(latency)
         self.status.append(status)
+        self.payload.append(payload)
 
     def extend(self, other: Records) -> None:
         self.start.extend(other.start)
         self.latency.extend(other.latency)
         self.status.extend(other.status)
+        self.payload.extend(other.payload)
 
     def __len__(self) -> int:
         return len(self.start)
@@ -58,18 +62,26 @@ def status_name(status: int) -> str:
     return STATUS_NAMES.get(status, str(status))
 
 
-def summarize(records: Records, window_start: float, window_end: float) -> dict[str, Any]:
+def summarize(records: Records, window_start: float, window_end: float, bad: Sequence[bool] = ()) -> dict[str, Any]:
     """Figures over the window [window_start, window_end] (monotonic seconds).
 
     Throughput counts answers that arrived inside the window (``throughput_rps``: every answer;
     ``ok_rps``: 200s). Latency and errors cover the requests started inside the window, followed to their end.
+    Requests whose payload is marked in ``bad`` (by payload index) are counted apart, under ``bad_inputs`` (started
+    inside the window, their answers by status, how many were not a 4xx); every other figure is about the rest.
     """
     window = window_end - window_start
     if window <= 0:
         raise ValueError(f"empty measurement window ({window:.3f} s): --max-requests ran out during the warm-up?")
-    started_latency, started_ok_latency, errors = [], [], {}
+    started_latency, started_ok_latency, errors, bad_answers = [], [], {}, {}
     completed = completed_ok = started = 0
-    for start, latency, status in zip(records.start, records.latency, records.status):
+    any_bad = any(bad)
+    for start, latency, status, payload in zip(records.start, records.latency, records.status, records.payload):
+        if any_bad and bad[payload]:
+            if window_start <= start <= window_end:
+                name = status_name(status)
+                bad_answers[name] = bad_answers.get(name, 0) + 1
+            continue
         end = start + latency
         if window_start <= end <= window_end:
             completed += 1
@@ -82,7 +94,7 @@ def summarize(records: Records, window_start: float, window_end: float) -> dict[
             else:
                 name = status_name(status)
                 errors[name] = errors.get(name, 0) + 1
-    return {
+    summary = {
         "window_s": round(window, 3),
         "throughput_rps": round(completed / window, 2),
         "ok_rps": round(completed_ok / window, 2),
@@ -93,6 +105,15 @@ def summarize(records: Records, window_start: float, window_end: float) -> dict[
         "latency_ms": latency_summary(started_latency),
         "latency_ok_ms": latency_summary(started_ok_latency),
     }
+    if any_bad:
+        summary["bad_inputs"] = {"started": sum(bad_answers.values()), "answers": dict(sorted(bad_answers.items())),
+                                 "not_4xx": sum(n for name, n in bad_answers.items() if not is_4xx(name))}
+    return summary
+
+
+def is_4xx(status: int | str) -> bool:
+    """A client-error answer (a status, or its name as in ``errors``; "timeout" and the like are not)."""
+    return str(status).isdigit() and 400 <= int(status) < 500
 
 
 def split(total: int, parts: int) -> list[int]:

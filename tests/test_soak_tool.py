@@ -1,0 +1,146 @@
+"""Unit tests of the soak's pure parts (torchserve_accel/tools/soak.py, loadgen/payloads.py): bad inputs mixed in
+at a fraction, the per-segment totals, what a worker kill may cost, and the combined verdict of soaks run together.
+Fast, no TorchServe (tests/integration/test_soak*.py run the soak against a real one)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from torchserve_accel.tools import soak
+from torchserve_accel.tools.cli import main
+from torchserve_accel.tools.loadgen.payloads import Payload, bad_inputs, interleave_bad
+
+GOOD = [Payload(f"g{i}".encode(), "image/jpeg", f"g{i}") for i in range(7)]
+BAD = [Payload(b"x", "image/jpeg", "b0", bad=True), Payload(b"y", "image/jpeg", "b1", bad=True)]
+
+
+# ---------------------------------------------------------------------------------------------- bad inputs
+
+
+@pytest.mark.parametrize("fraction, period", [(0.01, 100), (0.1, 10), (0.25, 4), (0.5, 2), (0.3, 3)])
+def test_every_period_th_payload_is_bad_from_any_starting_point(fraction, period):
+    mixed = interleave_bad(GOOD, BAD, fraction)
+    assert len(mixed) % period == 0 and not mixed[0].bad
+    assert [i for i, p in enumerate(mixed) if p.bad] == list(range(period - 1, len(mixed), period))
+    assert {p.name for p in mixed if not p.bad} == {p.name for p in GOOD}  # every good payload is sent
+    assert [p.name for p in mixed if p.bad][:2] == ["b0", "b1"]  # in turn, each at least once
+    for start in range(len(mixed)):  # a load process starts anywhere and cycles: one bad in every period
+        cycle = soak.rotated(mixed, start)
+        window = [cycle[i % len(cycle)] for i in range(3 * len(mixed))]
+        assert sum(p.bad for p in window) == 3 * len(mixed) // period
+
+
+def test_no_fraction_keeps_the_payloads_and_a_wrong_one_is_refused():
+    assert interleave_bad(GOOD, [], 0.0) == GOOD
+    for fraction in (-0.1, 0.51, 1.0):
+        with pytest.raises(ValueError, match="within"):
+            interleave_bad(GOOD, BAD, fraction)
+    with pytest.raises(ValueError, match="good and bad"):
+        interleave_bad(GOOD, [], 0.1)
+
+
+def test_bad_inputs_fit_the_payload_kind():
+    texts = bad_inputs("text")
+    assert [p.name for p in texts] == ["bad_invalid_json", "bad_empty_text"] and all(p.bad for p in texts)
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(texts[0].body)
+    assert json.loads(texts[1].body) == {"text": ""}
+    images = bad_inputs("images")
+    assert [p.name for p in images] == ["bad_not_an_image", "bad_truncated_jpeg"] and all(p.bad for p in images)
+    assert images[1].body.startswith(b"\xff\xd8") and not images[1].body.endswith(b"\xff\xd9")  # no end marker
+    with pytest.raises(ValueError, match="no bad inputs"):
+        bad_inputs("bytes")
+
+
+def _segment(started, p99, failed=0, bad=None):
+    segment = {"window_s": 10.0, "started": started, "failed": failed, "latency_ms": {"p99": p99}}
+    if bad is not None:
+        segment["bad_inputs"] = {"started": sum(bad.values()), "answers": bad}
+    return segment
+
+
+def test_totals_report_each_segments_p99_and_bad_answers_apart():
+    doc = {"warmup": _segment(18, 5.0, bad={"415": 2}), "max_rate": {"failed": 1}}
+    segments = [_segment(90, 20.0, bad={"400": 5, "415": 5}), _segment(99, 31.5, failed=2, bad={"507": 1})]
+    t = soak.soak_totals(doc, segments)
+    assert t["sent"] == 90 + 10 + 99 + 1 and t["good_sent"] == 189 and t["mean_rate"] == 10.0
+    assert t["failed"] == 3  # warm-up and the closed loop count too
+    assert t["bad_sent"] == 13 and t["bad_not_4xx"] == 1 and t["bad_answers"] == {"400": 5, "415": 7, "507": 1}
+    assert t["p99_ms_per_segment"] == [20.0, 31.5] and t["p99_ms_worst_segment"] == 31.5
+
+
+# ---------------------------------------------------------------------------------------------- worker kill
+
+
+def test_a_kill_may_lose_two_batches_and_nothing_else():
+    ok = soak.judge_kill({"507": 8, "timeout": 8}, batch_size=8, workers=4, rate=80, max_rps=100, recovered=True)
+    assert ok["lost"] == 16 and ok["lost_limit"] == 16 and ok["failures"] == [] and ok["other"] == {}
+    too_many = soak.judge_kill({"507": 8, "timeout": 9}, 8, 4, 80, 100, True)
+    assert too_many["failures"] == ["17 request(s) lost, more than 2 x batchSize (16)"]
+    assert soak.judge_kill({}, 8, 4, 80, 100, False)["failures"][0].startswith("not 4 READY worker(s)")
+    assert soak.judge_kill({"500": 1}, 8, 4, 80, 100, True)["failures"] == ["unexpected answers {'500': 1}"]
+    assert soak.judge_kill({}, 8, 4, 80, 100, True, restarted=2)["failures"] == [
+        "2 workers have a new pid; one was killed"]
+
+
+def test_503s_fail_a_kill_only_when_the_other_workers_could_carry_the_rate():
+    # 4 workers at 80% of their maximum: 3 carry 75% of it, less than the rate; the queue fills while one is down
+    overloaded = soak.judge_kill({"503": 500}, 8, 4, rate=80, max_rps=100, recovered=True)
+    assert overloaded["overloaded_without_one_worker"] and overloaded["failures"] == []
+    assert overloaded["capacity_without_one_worker_rps"] == 75.0 and overloaded["refused_503"] == 500
+    # 10 workers at 80%: 9 carry 90%, so a 503 is the kill's fault
+    spare = soak.judge_kill({"503": 3}, 8, 10, rate=80, max_rps=100, recovered=True)
+    assert not spare["overloaded_without_one_worker"] and "refused 503" in spare["failures"][0]
+    assert soak.judge_kill({"503": 1}, 8, 1, rate=1, max_rps=None, recovered=True)["failures"]  # unknown: judged
+
+
+# ---------------------------------------------------------------------------------------------- several models
+
+
+def _doc(model, passed=True, soak_span=(100.0, 700.0), kill=710.0):
+    doc = {"model": model, "card": "1x NVIDIA H200", "passed": passed, "failures": [] if passed else ["2 failed"],
+           "phases": {"soak": list(soak_span), "kill": kill}, "bad_inputs": {"fraction": 0.01},
+           "memory": {"rss_start_mb": 100.0, "rss_end_mb": 100.5, "rss_growth": 0.001, "gpu_start_mib": 10,
+                      "gpu_end_mib": 10, "gpu_growth": 0.0},
+           "totals": {"sent": 1000, "mean_rate": 100.0, "failed": 0 if passed else 2, "bad_sent": 10,
+                      "bad_not_4xx": 0, "p99_ms_per_segment": [30.0, 31.25]},
+           "kill": {"worker": "9000", "recovery_s": 4.2, "new_pids": [42], "lost": 3, "lost_limit": 128,
+                    "refused_503": 0}}
+    return doc
+
+
+def test_combine_passes_only_when_every_soak_passed():
+    both = soak.combine([_doc("resnet101"), _doc("bert_large", soak_span=(103.0, 705.0), kill=712.0)])
+    assert both["passed"] and both["failures"] == [] and both["models"] == ["resnet101", "bert_large"]
+    assert both["soak_phases_together_s"] == 597.0 and both["kills_after_every_soak"] is True
+    assert both["card"] == "1x NVIDIA H200" and len(both["soaks"]) == 2
+    line = both["verdicts"][0]["summary"]
+    assert "p99 per segment 30.0 31.2 ms" in line and "bad inputs 10 (warm-up included), 0 not answered 4xx" in line
+    assert "worker 9000 killed: back in 4.2 s (new pid 42), 3 lost (limit 128)" in line and line.endswith("PASSED")
+
+    one_failed = soak.combine([_doc("resnet101"), _doc("bert_large", passed=False)])
+    assert not one_failed["passed"] and one_failed["failures"] == ["bert_large: 2 failed"]
+    assert [v["passed"] for v in one_failed["verdicts"]] == [True, False]
+    errored = soak.combine([_doc("resnet101"), {"model": "bert_large", "passed": False, "error": "OSError: x"}])
+    assert errored["failures"] == ["bert_large: OSError: x"]
+    assert not soak.combine([])["passed"]
+
+
+def test_combine_says_when_a_kill_came_during_another_soak():
+    early = soak.combine([_doc("resnet101", kill=650.0), _doc("bert_large")])
+    assert early["kills_after_every_soak"] is False and early["passed"]  # reported, not judged
+
+
+def test_soak_combine_command_exits_non_zero_when_one_soak_failed(tmp_path, capsys):
+    a, b, out = tmp_path / "a.json", tmp_path / "b.json", tmp_path / "combined.json"
+    a.write_text(json.dumps(_doc("resnet101")))
+    b.write_text(json.dumps(_doc("bert_large")))
+    assert main(["soak-combine", str(a), str(b), "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["passed"] is True
+    b.write_text(json.dumps(_doc("bert_large", passed=False)))
+    assert main(["soak-combine", str(a), str(b), "--out", str(out)]) == 1
+    assert json.loads(out.read_text())["failures"] == ["bert_large: 2 failed"]
+    assert main(["soak-combine", str(a), str(tmp_path / "missing.json"), "--out", str(out)]) == 1
+    assert "FAILED" in capsys.readouterr().out

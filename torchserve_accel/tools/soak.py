@@ -71,7 +71,8 @@ NOT_LOCAL = "not measured: the workers are not processes of this machine (failur
 ALONGSIDE = ("soaked at the same time as these models on the same TorchServe: this model's maximum (and so its "
              "rate) was measured while they were loaded too")
 READY_WAIT_S = 60.0  # a worker that has just started can show its previous state for a moment after register
-LOST = ("507", "timeout", "connection_error")  # a killed worker's requests: "Worker died.", or never answered
+LOST = ("500", "507", "timeout", "connection_error")  # a killed worker's requests: its batch answered 500 or 507
+# ("Worker died."; 500 seen on a GPU machine, 507 on the CPU), or never answered
 
 
 # ---------------------------------------------------------------------------------------------- memory
@@ -404,8 +405,8 @@ def judge_kill(unexpected: dict[str, int], batch_size: int, workers: int, rate: 
                recovered: bool, restarted: int = 1) -> dict[str, Any]:
     """What a worker kill may cost, from the kill window's unexpected answers (by status name).
 
-    Lost (507 "Worker died.", timeouts, dropped connections): at most two batches, the one the killed worker was
-    running (507) and the one its aggregator was collecting (never answered: TorchServe 0.12,
+    Lost (500 or 507 "Worker died.", timeouts, dropped connections): at most two batches, the one the killed worker
+    was running (500/507) and the one its aggregator was collecting (never answered: TorchServe 0.12,
     docs/reliability.md); so at most 2 x batchSize. Refused (503, the queue full): allowed only when the
     remaining workers cannot carry the rate (``max_rps`` x (workers - 1) / workers below it), as with two workers
     at 80% of their maximum; then it is a matter of capacity, not of the kill. Any other answer fails, and so does

@@ -136,4 +136,5 @@ def test_every_model_has_the_same_four_parts(model):
     hints = typing.get_type_hints(options_class)
     assert {"backend", "precision", "cuda_graphs", "engine_cache_dir"} <= set(hints)
     assert set(typing.get_args(hints["backend"])) == set(engines.REGISTRY.names)  # every backend, and auto
-    assert typing.get_args(hints["precision"]) == ("fp16", "bf16", "fp32")
+    # the shared precisions, in the same order; a model may add its own after them (BERT: fp8)
+    assert typing.get_args(hints["precision"])[:3] == ("fp16", "bf16", "fp32")

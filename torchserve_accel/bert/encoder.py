@@ -6,7 +6,8 @@ Shapes: T packed tokens of the chunk (``PackedBatch.num_tokens``), S sequence sl
                                                                     | (T, 2) answer start/end logits
 
 Per layer: one fused QKV GEMM (with bias), attention on packed tokens (attention.py), then three bias-free GEMMs
-whose epilogues run as ``ops.bias_residual_layernorm`` / ``ops.bias_gelu`` (fused_ops.py). The attention backend
+whose epilogues run as ``ops.bias_residual_layernorm`` / ``ops.bias_gelu`` (ops.py). Each GEMM is a ``Linear``
+or, with ``precision: fp8``, an ``fp8.Fp8Linear`` put in its place at load time (fp8.py). The attention backend
 and the epilogue ops are picked at load time and handed in; this code does not know whether it is compiled,
 captured in a CUDA graph or run eagerly. Weights come in through ``torchserve_accel.bert.remap`` (HF names -> ours).
 """
@@ -71,6 +72,14 @@ class EncoderConfig:
         )
 
 
+class Linear(nn.Linear):
+    """``nn.Linear`` plus ``gemm``: the bias-free product, whose bias the layer's epilogue adds. ``fp8.Fp8Linear``
+    has the same two calls, so the layer code does not know which precision a GEMM runs in."""
+
+    def gemm(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight)
+
+
 class PackedEmbeddings(nn.Module):
     def __init__(self, cfg: EncoderConfig):
         super().__init__()
@@ -90,20 +99,21 @@ class PackedBertLayer(nn.Module):
         super().__init__()
         h = cfg.hidden_size
         self.num_heads, self.head_dim = cfg.num_heads, cfg.head_dim
-        self.qkv = nn.Linear(h, 3 * h)  # rows: [query; key; value], joined once at load time
-        self.attn_out = nn.Linear(h, h)
+        self.qkv = Linear(h, 3 * h)  # rows: [query; key; value], joined once at load time
+        self.attn_out = Linear(h, h)
         self.attn_norm = nn.LayerNorm(h, eps=cfg.layer_norm_eps)
-        self.ffn_in = nn.Linear(h, cfg.intermediate_size)
-        self.ffn_out = nn.Linear(cfg.intermediate_size, h)
+        self.ffn_in = Linear(h, cfg.intermediate_size)
+        self.ffn_out = Linear(cfg.intermediate_size, h)
         self.ffn_norm = nn.LayerNorm(h, eps=cfg.layer_norm_eps)
 
     def forward(self, x: torch.Tensor, attention, meta, ops) -> torch.Tensor:
         """x: (..., H) (packed (T, H) in serving, (B, L, H) in export) -> same shape and dtype."""
-        qkv = F.linear(x, self.qkv.weight, self.qkv.bias).unflatten(-1, (3, self.num_heads, self.head_dim))
+        qkv = self.qkv(x).unflatten(-1, (3, self.num_heads, self.head_dim))
         context = attention(qkv, meta).flatten(-2)
-        x = ops.bias_residual_layernorm(F.linear(context, self.attn_out.weight), self.attn_out.bias, x, self.attn_norm)
-        h = ops.linear_gelu(x, self.ffn_in)
-        return ops.bias_residual_layernorm(F.linear(h, self.ffn_out.weight), self.ffn_out.bias, x, self.ffn_norm)
+        x = ops.bias_residual_layernorm(self.attn_out.gemm(context), self.attn_out.bias, x, self.attn_norm)
+        return ops.bias_residual_layernorm(ops.ffn(x, self.ffn_in, self.ffn_out), self.ffn_out.bias, x, self.ffn_norm)
+
+    GEMMS = ("qkv", "attn_out", "ffn_in", "ffn_out")  # the layer's four weight GEMMs, in order
 
 
 class PackedBert(nn.Module):

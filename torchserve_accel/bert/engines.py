@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -26,7 +27,8 @@ from torchserve_accel.backends import tensorrt
 from torchserve_accel.backends.cuda_graphs import GraphSet
 from torchserve_accel.backends.engine_cache import EngineCache, default_cache_root, software_fingerprint
 from torchserve_accel.backends.registry import Backend, Registry, always_available
-from torchserve_accel.bert.attention import dense_attention, select_attention
+from torchserve_accel.bert import fp8
+from torchserve_accel.bert.attention import PaddedSDPAttention, dense_attention, select_attention
 from torchserve_accel.bert.checkpoint import load_packed_bert, weights_sha256
 from torchserve_accel.bert.encoder import EncoderConfig, PackedBert
 from torchserve_accel.bert.ops import TorchOps, select_ops
@@ -115,12 +117,19 @@ class PackedEngine:
 
 def _packed(model_dir: Path, options: BertOptions, device: torch.device, tokenizer: BatchTokenizer, head: str,
             compiled: bool = False) -> PackedEngine:
-    dtype = compute_dtype(options.precision, device)
-    model, _ = load_packed_bert(model_dir, head, device, dtype)  # embeddings are normalized per request, later
+    fp8_asked = options.precision == "fp8"
+    if fp8_asked and (reason := fp8.unavailable_reason(device)):
+        raise ValueError(f"precision: fp8 cannot run here: {reason}")
+    dtype = torch.bfloat16 if fp8_asked else compute_dtype(options.precision, device)
+    # FP8 starts from fp32 weights: the calibration's reference and GPTQ's input
+    model, _ = load_packed_bert(model_dir, head, device, torch.float32 if fp8_asked else dtype)
     max_length = tokenizer.max_length
+    fp8_summary = to_fp8(model, model_dir, options, tokenizer) if fp8_asked else None  # model now bf16 + FP8 GEMMs
     model.attention, attention = select_attention(options.attention, device, dtype, model.cfg.head_dim, max_length)
     model.ops, fusion = select_ops(options.fusion, device, compiled=compiled)
-    if model.ops.name == "triton":
+    if fp8_summary is not None:
+        fusion = f"{fusion}; FFN: cuBLAS/FP8 GEMMs (the fused fp16 FFN GEMM is not used with fp8)"
+    elif model.ops.name == "triton":
         from torchserve_accel.bert.triton_gemm import pick_ffn_ops
 
         with torch.inference_mode():
@@ -138,12 +147,74 @@ def _packed(model_dir: Path, options: BertOptions, device: torch.device, tokeniz
         graphs = f"on for chunks up to {options.graph_max_tokens} tokens ({options.max_batch_sequences} slots)"
     description = {"dtype": str(dtype).removeprefix("torch."), "attention": attention, "fusion": fusion,
                    "cuda_graphs": graphs}
+    if fp8_summary is not None:
+        description["fp8"] = fp8_summary
     engine = PackedEngine("inductor" if compiled else "packed", model, forward, options, device, max_length,
                           tokenizer.pad_token_id, description)
     if engine.graphs is not None and options.capture_at_start:
         with torch.inference_mode():
             engine.capture_all()
     return engine
+
+
+# ---------------------------------------------------------------------------------------------- FP8
+BUNDLED_CALIBRATION = Path(__file__).with_name("fp8_calibration.txt")
+
+
+def calibration_texts(model_dir: Path, options: BertOptions) -> tuple[list[str], list[str]]:
+    """(calibration texts, held-out gate texts): the lines of ``fp8_calibration`` (in the archive) or of the
+    bundled set, alternately."""
+    path = Path(model_dir) / options.fp8_calibration if options.fp8_calibration else BUNDLED_CALIBRATION
+    if not path.is_file():
+        raise FileNotFoundError(f"handler.fp8_calibration: no file {path}")
+    texts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if len(texts) < 16:
+        raise ValueError(f"handler.fp8_calibration: {path} has {len(texts)} texts; FP8 calibration needs at least 16")
+    return texts[0::2], texts[1::2]
+
+
+def to_fp8(model: PackedBert, model_dir: Path, options: BertOptions, tokenizer: BatchTokenizer,
+           texts: tuple[list[str], list[str]] | None = None) -> str:
+    """An fp32 ``model`` -> bf16 with FP8 GEMMs where the calibration texts allow (bert/fp8.py: hessians, GPTQ,
+    choice by sensitivity, gate on held-out texts); returns what was chosen, in one line. Raises when the gate
+    fails and ``fp8_on_gate_failure`` is ``refuse``."""
+    calibration, gate = texts or calibration_texts(model_dir, options)
+    head, attention, ops = model.head, model.attention, model.ops
+    model.head, model.attention, model.ops = "embed_mean", PaddedSDPAttention(), TorchOps()
+    device = next(model.parameters()).device
+    probe = PackedEngine("packed", model, model, replace(options, cuda_graphs=False), device, tokenizer.max_length,
+                         tokenizer.pad_token_id, {})
+    with torch.inference_mode():
+        cal_tokens, gate_tokens = tokenizer(calibration), tokenizer(gate)
+        reference, gate_reference = probe(cal_tokens), probe(gate_tokens)  # fp32
+        hessians = fp8.hessians(model.layers, lambda: probe(cal_tokens))
+        quantized = {(i, name): fp8.Fp8Linear(*fp8.gptq_fp8(getattr(model.layers[i], name).weight, h),
+                                        getattr(model.layers[i], name).bias)
+                     for (i, name), h in hessians.items()}
+        del hessians
+        model.to(torch.bfloat16)  # before any Fp8Linear is placed: .to(dtype) would convert its e4m3 buffers too
+        if device.type == "cuda":
+            model.attention, _ = select_attention(options.attention, device, torch.bfloat16, model.cfg.head_dim,
+                                                  tokenizer.max_length)
+            model.ops, _ = select_ops(options.fusion, device, compiled=False)
+        plain = {(i, name): getattr(layer, name) for i, layer in enumerate(model.layers) for name in fp8.GEMMS}
+        # chosen against bounds with half the allowed error, so the held-out texts have room
+        margin = fp8.CALIBRATION_MARGIN
+        choice = fp8.choose_gemms(model.layers, quantized, plain, lambda: probe(cal_tokens), reference,
+                                  1 - (1 - options.fp8_mean_cosine) * margin, 1 - (1 - options.fp8_min_cosine) * margin)
+        held_out = fp8.agreement(gate_reference, probe(gate_tokens))
+    model.head, model.attention, model.ops = head, attention, ops
+    summary = choice.summary(len(plain))
+    share = f"{fp8.fp8_flop_share(model.cfg, choice.fp8):.0%} of the GEMM work"
+    if held_out.within(options.fp8_mean_cosine, options.fp8_min_cosine) and choice.fp8:
+        return f"{summary}; {share}; gate on {len(gate)} held-out texts passed: {held_out}"
+    why = (f"the gate on {len(gate)} held-out texts failed: {held_out} (bounds mean {options.fp8_mean_cosine}, "
+           f"min {options.fp8_min_cosine})" if choice.fp8 else "no GEMM keeps the calibration texts within the bounds")
+    if options.fp8_on_gate_failure == "refuse":
+        raise ValueError(f"precision: fp8 refused: {why} ({summary})")
+    fp8.place(model.layers, [], quantized, plain)
+    log.warning("precision: fp8 fell back to bf16 GEMMs: %s", why)
+    return f"fell back to bf16 GEMMs: {why}"
 
 
 def _inductor(*args, **kwargs) -> PackedEngine:

@@ -3,6 +3,7 @@
 ``bias_gelu(x, bias)``: GELU(x + bias), exact (erf) GELU as BERT uses.
 ``bias_residual_layernorm(x, bias, residual, norm)``: LayerNorm(x + bias + residual).
 ``linear_gelu(x, linear)``: GELU(linear(x)), the FFN's first GEMM with its epilogue.
+``ffn(x, ffn_in, ffn_out)``: the FFN up to its last bias (TritonOps quantizes in the GELU kernel for FP8).
 
 Both take ``x``: (T, N) straight out of a bias-free ``F.linear`` and may overwrite it.
 
@@ -35,7 +36,12 @@ class TorchOps:
     @classmethod
     def linear_gelu(cls, x: torch.Tensor, linear: nn.Linear) -> torch.Tensor:
         """GELU(x @ W^T + b): a bias-free GEMM, then the bias+GELU epilogue."""
-        return cls.bias_gelu(F.linear(x, linear.weight), linear.bias)
+        return cls.bias_gelu(linear.gemm(x), linear.bias)
+
+    @classmethod
+    def ffn(cls, x: torch.Tensor, ffn_in: nn.Module, ffn_out: nn.Module) -> torch.Tensor:
+        """The feed-forward block up to its last bias: ``ffn_out.gemm(GELU(ffn_in(x)))``."""
+        return ffn_out.gemm(cls.linear_gelu(x, ffn_in))
 
 
 def select_ops(preference: str, device: torch.device, compiled: bool):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from torchserve_accel.serving.options import OptionsError, Precision, rename_option
+from torchserve_accel.serving.options import OptionsError, rename_option
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,17 @@ class BertOptions:
     # Engine: a name in bert.engines.REGISTRY. packed: our padding-free encoder (Triton epilogues, CUDA graphs);
     # inductor: the same encoder under torch.compile; tensorrt: a TensorRT engine on padded batches.
     backend: Literal["auto", "packed", "inductor", "tensorrt"] = "auto"
-    precision: Precision = "fp16"  # on a GPU; CPU workers run fp32
+    # On a GPU; CPU workers run fp32. fp8 (sm89+, opt-in): e4m3 GEMMs where measured accurate enough (bert/fp8.py),
+    # bf16 activations; refused on other devices.
+    precision: Literal["fp16", "bf16", "fp32", "fp8"] = "fp16"
+    # precision: fp8 only. Texts (one per line, a file in the archive; empty: the bundled set) that calibrate
+    # the FP8 weights and choose the FP8 GEMMs; every second line is held out for the accuracy gate.
+    fp8_calibration: str = ""
+    # The bounds FP8 must keep against fp32 (cosine of mean-pooled last hidden states), on the calibration
+    # texts when choosing GEMMs and on the held-out texts at the gate.
+    fp8_mean_cosine: float = 0.999
+    fp8_min_cosine: float = 0.998
+    fp8_on_gate_failure: Literal["fallback", "refuse"] = "fallback"  # fallback: bf16 GEMMs, and the reason logged
     attention: Literal["auto", "varlen", "sdpa"] = "auto"
     fusion: Literal["auto", "triton", "torch"] = "auto"
     # With Triton fusion on sm90+: the FFN's first GEMM with bias+GELU in its epilogue (triton_gemm.py).
@@ -74,6 +84,11 @@ class BertOptions:
                 raise OptionsError(f"handler.{name} must be >= 1")
         if self.task != "embed" and (self.pooling != "cls" or self.normalize):
             raise OptionsError("handler.pooling/normalize apply to task: embed only")
+        if self.precision == "fp8" and self.backend not in ("auto", "packed"):
+            raise OptionsError("handler.precision: fp8 runs on the packed backend only")
+        for name in ("fp8_mean_cosine", "fp8_min_cosine"):
+            if not 0.0 < getattr(self, name) <= 1.0:
+                raise OptionsError(f"handler.{name} must be in (0, 1]")
         if self.task == "qa" and self.backend == "tensorrt":
             raise OptionsError("handler.task: qa runs on the packed or inductor backend only (the TensorRT engine "
                                "has no span head)")

@@ -8,7 +8,6 @@ through Triton's interpreter (``TRITON_INTERPRET=1``).
 # No ``from __future__ import annotations`` here: Triton 3.0's interpreter (torch 2.4) finds constexpr parameters
 # only by their annotation object, and the string "tl.constexpr" would make BLOCK a runtime value.
 import torch
-import torch.nn.functional as F
 import triton
 import triton.language as tl
 from torch import nn
@@ -57,6 +56,54 @@ def _bias_residual_layernorm_kernel(
     tl.store(x_ptr + row + cols, (centered * rstd * w + beta).to(x_ptr.dtype.element_ty), mask=mask)
 
 
+@triton.jit
+def _quantize_rows_kernel(x_ptr, q_ptr, scale_ptr, n_cols, BLOCK: tl.constexpr):
+    # One row per program, held in registers: its amax, then the scaled values, in one read of x.
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.arange(0, BLOCK)
+    mask = cols < n_cols
+    x = tl.load(x_ptr + row * n_cols + cols, mask=mask, other=0.0).to(tl.float32)
+    scale = tl.maximum(tl.max(tl.abs(x), axis=0), 1e-12) / 448.0
+    q = tl.minimum(tl.maximum(x / scale, -448.0), 448.0)
+    tl.store(q_ptr + row * n_cols + cols, q.to(q_ptr.dtype.element_ty), mask=mask)
+    tl.store(scale_ptr + row, scale)
+
+
+@triton.jit
+def _bias_gelu_quantize_kernel(x_ptr, bias_ptr, q_ptr, scale_ptr, n_cols, BLOCK: tl.constexpr):
+    # The whole row in one program: GELU(x + bias), its amax, then e4m3; the bf16 GELU output is never written.
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.arange(0, BLOCK)
+    mask = cols < n_cols
+    h = tl.load(x_ptr + row * n_cols + cols, mask=mask, other=0.0).to(tl.float32)
+    h = _gelu(h + tl.load(bias_ptr + cols, mask=mask, other=0.0).to(tl.float32))
+    h = tl.where(mask, h, 0.0)
+    scale = tl.maximum(tl.max(tl.abs(h), axis=0), 1e-12) / 448.0
+    q = tl.minimum(tl.maximum(h / scale, -448.0), 448.0)
+    tl.store(q_ptr + row * n_cols + cols, q.to(q_ptr.dtype.element_ty), mask=mask)
+    tl.store(scale_ptr + row, scale)
+
+
+def bias_gelu_quantized(x: torch.Tensor, bias: torch.Tensor):
+    """x: (M, N) contiguous, bias: (N,) -> e4m3 (M, N) and (M, 1) float32 scales of GELU(x + bias), per row."""
+    q = torch.empty(x.shape, dtype=torch.float8_e4m3fn, device=x.device)
+    scale = torch.empty((x.shape[0], 1), dtype=torch.float32, device=x.device)
+    block = triton.next_power_of_2(x.shape[1])
+    _bias_gelu_quantize_kernel[(x.shape[0],)](x, bias, q, scale, x.shape[1], BLOCK=block,
+                                              num_warps=8 if block >= 4096 else 4)
+    return q, scale
+
+
+def quantize_rows(x: torch.Tensor):
+    """x: (M, K) contiguous -> (M, K) float8_e4m3fn and (M, 1) float32 scales, x ~= q * scale; the same numbers
+    as ``fp8.quantize_rows_reference``."""
+    q = torch.empty(x.shape, dtype=torch.float8_e4m3fn, device=x.device)
+    scale = torch.empty((x.shape[0], 1), dtype=torch.float32, device=x.device)
+    block = triton.next_power_of_2(x.shape[1])
+    _quantize_rows_kernel[(x.shape[0],)](x, q, scale, x.shape[1], BLOCK=block, num_warps=4 if block <= 2048 else 8)
+    return q, scale
+
+
 class TritonOps:
     name = "triton"
 
@@ -84,4 +131,14 @@ class TritonOps:
     @classmethod
     def linear_gelu(cls, x: torch.Tensor, linear: nn.Linear) -> torch.Tensor:
         """cuBLAS GEMM (no bias), then the Triton bias+GELU kernel in place."""
-        return cls.bias_gelu(F.linear(x, linear.weight), linear.bias)
+        return cls.bias_gelu(linear.gemm(x), linear.bias)
+
+    def ffn(self, x: torch.Tensor, ffn_in: nn.Module, ffn_out: nn.Module) -> torch.Tensor:
+        """x: (T, H) -> ffn_out's bias-free product of GELU(ffn_in(x)), (T, H). Before an FP8 ``ffn_out`` the GELU
+        kernel writes e4m3 and the row scales directly (no bf16 intermediate, no separate quantizing pass)."""
+        gemm_quantized = getattr(ffn_out, "gemm_quantized", None)  # an fp8.Fp8Linear takes e4m3 input
+        if gemm_quantized is not None:
+            inner = ffn_in.gemm(x)
+            q, scale = bias_gelu_quantized(inner.reshape(-1, inner.shape[-1]), ffn_in.bias)
+            return gemm_quantized(q, scale).view(*x.shape[:-1], -1)
+        return ffn_out.gemm(self.linear_gelu(x, ffn_in))

@@ -39,6 +39,7 @@ from torchserve_accel.bert.archive import make_random_checkpoint  # noqa: E402
 from torchserve_accel.bert.engines import REGISTRY  # noqa: E402
 from torchserve_accel.bert.options import BertOptions  # noqa: E402
 from torchserve_accel.bert.tokenize import BatchTokenizer  # noqa: E402
+from benchmarks.bench_bert import Timer  # noqa: E402
 from benchmarks.reference import hf_forward, packed_batch, padded_batch, random_sequences  # noqa: E402
 
 SENTENCES = REPO / "tests" / "data" / "sentences"
@@ -138,19 +139,6 @@ def accuracy(model_dir: Path, device: torch.device, report: dict, save) -> None:
     assert len(tokens.ids) == len(texts)
 
 
-def time_ms(fn, iters: int) -> float:
-    for _ in range(3):
-        fn()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(iters):
-        fn()
-    end.record()
-    end.synchronize()
-    return start.elapsed_time(end) / iters
-
-
 def speed(device: torch.device, tiny: bool, iters: int, report: dict, save) -> None:
     from transformers import AutoModelForSequenceClassification
 
@@ -180,7 +168,7 @@ def speed(device: torch.device, tiny: bool, iters: int, report: dict, save) -> N
         runs["hf-fp16-sdpa"] = lambda: hf_forward(hf, *padded)
         for variant, fn in runs.items():
             with torch.inference_mode():
-                ms = time_ms(fn, iters)
+                ms = Timer(device).ms(fn, iters)
             rows.append({"variant": variant, "scenario": scenario, "batch": n, "mean_tokens": sum(lengths) / n,
                          "ms": round(ms, 3), "seq_per_s": round(n / ms * 1000, 1)})
             log(f"{scenario} {variant}: {ms:.2f} ms, {n / ms * 1000:,.0f} seq/s")

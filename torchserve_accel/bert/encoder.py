@@ -113,8 +113,6 @@ class PackedBertLayer(nn.Module):
         x = ops.bias_residual_layernorm(self.attn_out.gemm(context), self.attn_out.bias, x, self.attn_norm)
         return ops.bias_residual_layernorm(ops.ffn(x, self.ffn_in, self.ffn_out), self.ffn_out.bias, x, self.ffn_norm)
 
-    GEMMS = ("qkv", "attn_out", "ffn_in", "ffn_out")  # the layer's four weight GEMMs, in order
-
 
 class PackedBert(nn.Module):
     """BERT on packed tokens. ``forward(batch)`` returns what ``head`` asks for:

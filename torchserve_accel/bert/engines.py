@@ -188,16 +188,15 @@ def to_fp8(model: PackedBert, model_dir: Path, options: BertOptions, tokenizer: 
         cal_tokens, gate_tokens = tokenizer(calibration), tokenizer(gate)
         reference, gate_reference = probe(cal_tokens), probe(gate_tokens)  # fp32
         hessians = fp8.hessians(model.layers, lambda: probe(cal_tokens))
-        quantized = {(i, name): fp8.Fp8Linear(*fp8.gptq_fp8(getattr(model.layers[i], name).weight, h),
-                                        getattr(model.layers[i], name).bias)
-                     for (i, name), h in hessians.items()}
-        del hessians
-        model.to(torch.bfloat16)  # before any Fp8Linear is placed: .to(dtype) would convert its e4m3 buffers too
+        plain = {(i, name): getattr(layer, name) for i, layer in enumerate(model.layers) for name in fp8.GEMMS}
+        quantized = {key: fp8.Fp8Linear(*fp8.gptq_fp8(linear.weight, hessians.pop(key)), linear.bias)
+                     for key, linear in plain.items()}
+        # in place (``plain`` too), and before any Fp8Linear is placed: .to(dtype) would convert its e4m3 buffers
+        model.to(torch.bfloat16)
         if device.type == "cuda":
             model.attention, _ = select_attention(options.attention, device, torch.bfloat16, model.cfg.head_dim,
                                                   tokenizer.max_length)
             model.ops, _ = select_ops(options.fusion, device, compiled=False)
-        plain = {(i, name): getattr(layer, name) for i, layer in enumerate(model.layers) for name in fp8.GEMMS}
         # chosen against bounds with half the allowed error, so the held-out texts have room
         margin = fp8.CALIBRATION_MARGIN
         choice = fp8.choose_gemms(model.layers, quantized, plain, lambda: probe(cal_tokens), reference,

@@ -21,15 +21,12 @@ PyTorch ships for row-wise scales writes bf16), so an FP8 model's activations ar
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-log = logging.getLogger(__name__)
 
 E4M3_MAX = 448.0
 GEMMS = ("qkv", "attn_out", "ffn_in", "ffn_out")
@@ -124,8 +121,7 @@ class Fp8Linear(nn.Module):
         self.matmul: Callable = _scaled_mm if on_gpu else scaled_mm_reference
 
     def _product(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        rows = x.reshape(-1, self.in_features)
-        q, scale = self.quantize(rows if rows.is_contiguous() else rows.contiguous())
+        q, scale = self.quantize(x.reshape(-1, self.in_features).contiguous())
         out = self.matmul(q, scale, self.weight_t, self.weight_scale, bias, torch.bfloat16)
         return out.view(*x.shape[:-1], self.out_features)
 

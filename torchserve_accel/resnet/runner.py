@@ -55,7 +55,7 @@ def load(model_dir: Path, options: ResNetOptions, device: torch.device, batch_si
         torch.set_num_threads(options.cpu_threads)
     backend, passed_over = REGISTRY.choose(options.backend, device)
     description["backend"] = "; ".join([*passed_over, f"{backend.name} ({'auto' if options.backend == 'auto' else 'asked for'})"])
-    buckets = tuple(sorted(set(b for b in options.batch_buckets if b < batch_size) | {batch_size}))
+    buckets = engine_buckets(options.batch_buckets, batch_size, device)
     spec = EngineSpec(backend=backend.name, device=device, dtype=compute_dtype(options.precision, device),
                       buckets=buckets, image_size=options.crop, compile_mode=options.compile_mode,
                       freezing=options.freezing, cuda_graphs=options.cuda_graphs,
@@ -88,6 +88,13 @@ def load(model_dir: Path, options: ResNetOptions, device: torch.device, batch_si
     for key, value in description.items():
         log.info("%s: %s", key, value)
     return ResNetRunner(engine, imagenet_labels(), options, description)
+
+
+def engine_buckets(wanted: Sequence[int], batch_size: int, device: torch.device) -> tuple[int, ...]:
+    """``handler.batch_buckets`` below TorchServe's batchSize, batchSize itself, and on a GPU the larger buckets too
+    (batches of several-image requests fill them; on a CPU they would only cost start-up time)."""
+    keep = {b for b in wanted if b < batch_size or (device.type == "cuda" and b > batch_size)}
+    return tuple(sorted(keep | {batch_size}))
 
 
 class ResNetRunner:

@@ -45,7 +45,9 @@ from torchserve_accel.tools.torchserve import TorchServe
 
 BASELINE_HANDLER = "benchmarks/baseline_handler/baseline_handler.py"
 BASELINE_CONFIG = "benchmarks/baseline_handler/model-config.yaml"
-BENCH_ARCHIVES = ("resnet101", "resnet101_baseline", "resnet101_baseline_tuned", "bert_large")
+BENCH_ARCHIVES = ("resnet101", "resnet101_baseline", "resnet101_baseline_tuned", "bert_large", "bert_large_fp8")
+# Variants of our archives: (model, model-config changes).
+VARIANTS = {"bert_large_fp8": ("bert_large", {"handler.precision": "fp8"})}
 MAX_ERROR_RATE = 0.001
 # A benchmark run (not a sweep point) that answers nothing, or errs on more than this share of its requests, failed:
 # the check says so in its table and exits non-zero instead of printing "n/a".
@@ -57,7 +59,7 @@ COMBINED_SCHEMA = "torchserve-accel/serve-check/1"
 # ---------------------------------------------------------------------------------------------- archives
 
 
-def build_bench_archive(name: str, store: Path, weights: Path | None = None, workers: int | None = 1,
+def build_bench_archive(name: str, store: Path, weights: Path | None = None, workers: int | None = None,
                         log: Log = print, overrides: dict[str, Any] | None = None,
                         baseline_workers: int = 10) -> Path:
     """Build ``store/<name>.mar`` for a benchmark (overwriting it); ``name`` is one of BENCH_ARCHIVES.
@@ -77,17 +79,20 @@ def build_bench_archive(name: str, store: Path, weights: Path | None = None, wor
                              handler=data_file(BASELINE_HANDLER), config=data_file(BASELINE_CONFIG),
                              weights_from=Path(store) / "resnet101.mar", extra_files=[labels],
                              config_overrides=tuned)
-    changes = dict(overrides or {})
+    model, changes = VARIANTS.get(name, (name, {}))
+    changes = {**changes, **(overrides or {})}
     if workers is not None:
         changes.update(minWorkers=workers, maxWorkers=workers)
-    return build_archive(name, weights, store, force=True, log=log, config_overrides=changes or None, bundle=True)
+    return build_archive(model, weights, store, force=True, log=log, config_overrides=changes or None, bundle=True,
+                         name=name)
 
 
 # ---------------------------------------------------------------------------------------------- workers
 
 
-def wait_workers(ts: TorchServe, model: str, workers: int, timeout: float, log: Log = print) -> dict:
-    """Poll describe until ``model`` has exactly ``workers`` workers, all READY; the description, or raise."""
+def wait_workers(ts: TorchServe, model: str, workers: int | None, timeout: float, log: Log = print) -> dict:
+    """Poll describe until ``model`` has exactly ``workers`` workers (None: its minWorkers, as its archive or the last
+    scale set them), all READY; the description, or raise."""
     state = "not described yet"
 
     def ready() -> dict | None:
@@ -98,15 +103,17 @@ def wait_workers(ts: TorchServe, model: str, workers: int, timeout: float, log: 
             state = str(exc).splitlines()[0]
             return None
         statuses = [w.get("status") for w in description.get("workers", [])]
-        state = f"{len(statuses)} worker(s): {', '.join(statuses) or 'none'}"
-        return description if len(statuses) == workers and all(s == "READY" for s in statuses) else None
+        wanted = workers if workers is not None else description.get("minWorkers")
+        state = f"{len(statuses)} of {wanted} worker(s): {', '.join(statuses) or 'none'}"
+        return description if len(statuses) == wanted and all(s == "READY" for s in statuses) else None
 
     started = time.monotonic()
     description = wait_until(ready, timeout, interval=0.5, every=15,
                              on_wait=lambda s: log(f"[wait] {model}: {state} ({s:.0f} s)"))
     if description is None:
-        raise TorchServeError(f"{model}: not {workers} READY worker(s) within {timeout:.0f} s ({state})")
-    log(f"[wait] {model}: {workers} worker(s) READY after {time.monotonic() - started:.0f} s")
+        raise TorchServeError(f"{model}: not all workers READY within {timeout:.0f} s ({state})")
+    log(f"[wait] {model}: {len(description['workers'])} worker(s) READY after {time.monotonic() - started:.0f} s "
+        f"(batchSize {description.get('batchSize')}, maxBatchDelay {description.get('maxBatchDelay')} ms)")
     return description
 
 
@@ -186,6 +193,8 @@ def point_summary(document: dict) -> dict:
         "concurrency": load.get("concurrency") if not load.get("rate") else None,
         "rate": load.get("rate") or None,
         "ok_rps": r.get("ok_rps"),
+        "items_per_request": ((document.get("config") or {}).get("payload") or {}).get("items_per_request", 1),
+        "ok_items_per_s": r.get("ok_items_per_s", r.get("ok_rps")),
         "throughput_rps": r.get("throughput_rps"),
         "p50_ms": (r.get("latency_ms") or {}).get("p50"),
         "p90_ms": (r.get("latency_ms") or {}).get("p90"),
@@ -348,18 +357,20 @@ def failed_runs(runs: list[dict]) -> list[str]:
 
 
 def markdown_table(points: list[dict]) -> str:
-    header = ("| run | workers | batch | delay ms | load | 200s/s | p50 ms | p90 ms | p99 ms | errors | mean batch "
+    header = ("| run | workers | batch | delay ms | load | 200s/s | items/s | p50 ms | p90 ms | p99 ms | errors | mean batch "
               "| GPU busy % | client CPU max |")
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
     for p in points:
         if p.get("ok_rps") is None:
             lines.append(f"| {p.get('label')} | {cell(p.get('workers'))} | {cell(p.get('batch_size'))} | "
-                         f"{cell(p.get('max_batch_delay'))} | | error: {str(p.get('error'))[:80]} |||||||")
+                         f"{cell(p.get('max_batch_delay'))} | | error: {str(p.get('error'))[:80]} ||||||||")
             continue
         load = f"{p['rate']:.0f}/s open" if p.get("rate") else f"{p.get('concurrency')} in flight"
         errors = ", ".join(f"{k}:{v}" for k, v in (p.get("errors") or {}).items()) or "0"
+        per = p.get("items_per_request") or 1
+        items = f"{p['ok_rps'] * per:.0f}" + (f" ({per}/req)" if per > 1 else "")
         lines.append(f"| {p['label']} | {cell(p.get('workers'))} | {cell(p.get('batch_size'))} | "
-                     f"{cell(p.get('max_batch_delay'))} | {load} | {p['ok_rps']:.0f} | {cell(p.get('p50_ms'))} | "
+                     f"{cell(p.get('max_batch_delay'))} | {load} | {p['ok_rps']:.0f} | {items} | {cell(p.get('p50_ms'))} | "
                      f"{cell(p.get('p90_ms'))} | {cell(p.get('p99_ms'))} | {errors} | "
                      f"{cell(p.get('mean_batch_size'))} | {cell(p.get('gpu_util'))} | "
                      f"{cell(p.get('client_cpu_max'))} |")
@@ -377,9 +388,13 @@ def report(document: dict) -> str:
         lines.append(f"sweep {sweep.get('model')}: best under p99 <= {sweep.get('p99_bound_ms')} ms: "
                      + (f"{best['label']} {best['ok_rps']:.0f}/s p99 {best['p99_ms']:.1f} ms" if best else "none")
                      + (f" ({len(sweep['skipped'])} point(s) skipped for time)" if sweep.get("skipped") else ""))
-    failed = [s for s in document.get("steps", []) if s.get("rc") not in (0, "0")]
+    steps = document.get("steps", [])
+    failed = [s for s in steps if s.get("rc") not in (0, "0", "skipped")]
     if failed:
         lines.append("failed steps: " + ", ".join(f"{s['step']} (rc {s['rc']})" for s in failed))
+    skipped = [s["step"] for s in steps if s.get("rc") == "skipped"]
+    if skipped:
+        lines.append("skipped steps: " + ", ".join(skipped))
     for why in document.get("failed_runs") or []:
         lines.append(f"FAILED run {why}")
     return "\n".join(lines)
@@ -400,7 +415,8 @@ def add_commands(commands: Commands) -> None:
     p.add_argument("store", type=Path)
     p.add_argument("names", nargs="+", choices=BENCH_ARCHIVES)
     p.add_argument("--weights", type=Path, default=None, help="trained weights (see torchserve-accel build)")
-    p.add_argument("--workers", type=int, default=1, help="minWorkers/maxWorkers in our archives' model-config")
+    p.add_argument("--workers", type=int, default=None,
+                   help="minWorkers/maxWorkers in our archives' model-config (default: archiver_configs/*.yaml's)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="another model-config change for our archives, e.g. handler.blocking_sync=true")
     p.add_argument("--baseline-workers", type=int, default=10,
@@ -408,7 +424,7 @@ def add_commands(commands: Commands) -> None:
 
     p = sweep.add("wait", _wait, "wait until a model has N READY workers", instance=True)
     p.add_argument("model")
-    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--workers", type=int, default=None, help="default: the model's minWorkers")
     p.add_argument("--timeout", type=float, default=300)
 
     p = sweep.add("scale", _scale, "scale a model and wait for its workers", instance=True)
@@ -444,6 +460,7 @@ def add_commands(commands: Commands) -> None:
     p.add_argument("--timeout", type=float, default=60.0, help="seconds per request")
     p.add_argument("--images", type=int, default=64)
     p.add_argument("--texts", type=int, default=None, help="send texts (BERT) instead of images")
+    p.add_argument("--per-request", type=int, default=1, metavar="N", help="images or texts per request")
     p.add_argument("--budget-s", type=float, default=None, help="skip points that would end after this")
     p.add_argument("--start-timeout", type=float, default=600, help="seconds for workers to become READY")
     p.add_argument("--out-dir", type=Path, default=WORKDIR / "benchmarks" / "results" / "sweep")
@@ -489,7 +506,8 @@ def _up(ts: TorchServe, args: Any) -> None:
 
 
 def _run(ts: TorchServe, args: Any) -> int:
-    payloads, desc = build_payloads(args.model, texts=args.texts, images=None if args.texts else args.images)
+    payloads, desc = build_payloads(args.model, texts=args.texts, images=None if args.texts else args.images,
+                                    items_per_request=args.per_request)
     base = LoadConfig(processes=args.processes, warmup_s=args.warmup, duration_s=args.duration, timeout_s=args.timeout)
     summary = run_sweep(ts, args.model, args.archive or f"{args.model}.mar", args.workers, args.batch_sizes,
                         args.delays, payloads, desc, base, args.concurrency, args.per_slot, args.p99_bound_ms,

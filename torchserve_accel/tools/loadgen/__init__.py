@@ -4,10 +4,13 @@
     torchserve-accel bench resnet101 --rate 8000 --duration 20 --out r.json              # open loop (Poisson)
     torchserve-accel bench bert_large --texts 512 --concurrency 256                      # JSON {"text": ...}
     torchserve-accel bench resnet101 --image-dir photos/ --processes 8                   # your own images
+    torchserve-accel bench resnet101 --per-request 16 --concurrency 96                   # 16 JPEGs per request
 (``python scripts/loadgen.py ...`` runs the same)
 
 Payloads (payloads.py): ImageNet-like 500x375 JPEGs at quality 90 (``images.make_image`` plus grain) or files from
-a folder; for text models, texts of 4..100 common words, each fitting a 128-token sequence.
+a folder; for text models, texts of 4..100 common words, each fitting a 128-token sequence. ``--per-request N``
+puts N of them in each request (images as multipart parts, texts as ``{"texts": [...]}``); results then also give
+``ok_items_per_s``.
 
 Load (loops.py, http.py): ``--processes`` OS processes, each an asyncio event loop with its own keep-alive
 HTTP/1.1 connections (loopback only unless ``--allow-remote``; plain HTTP), so the client is not the bottleneck
@@ -60,13 +63,16 @@ def add_payload_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--min-words", type=int, default=4)
     parser.add_argument("--max-words", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--per-request", type=int, default=1, metavar="N",
+                        help="images (one multipart part each) or texts ({\"texts\": [...]}) per request (default 1)")
 
 
 def payloads_from(args: Any, model: str) -> tuple[list[Payload], dict[str, Any]]:
     if args.image_dir is not None and args.texts is not None:
         args.parser.error("--image-dir and --texts exclude each other")
     return build_payloads(model, texts=args.texts, images=args.images, image_dir=args.image_dir,
-                          min_words=args.min_words, max_words=args.max_words, seed=args.seed)
+                          min_words=args.min_words, max_words=args.max_words, seed=args.seed,
+                          items_per_request=args.per_request)
 
 
 def positive(text: str) -> float:

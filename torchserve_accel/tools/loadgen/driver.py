@@ -181,7 +181,9 @@ def run_and_record(ts: TorchServe, model: str, payloads: Sequence[Payload], conf
                    "server": describe_server(ts, model)},
     }
     try:
-        document["results"] = run_load(ts, model, payloads, config, log=log)
+        document["results"] = results = run_load(ts, model, payloads, config, log=log)
+        # images or texts answered per second (several per request with --per-request)
+        results["ok_items_per_s"] = round(results["ok_rps"] * payload_desc.get("items_per_request", 1), 2)
     except (TorchServeError, OSError, ValueError) as exc:
         document["error"] = f"{type(exc).__name__}: {exc}"
         log(f"[loadgen] {model}: FAILED: {document['error']}")
@@ -195,7 +197,9 @@ def one_line(document: dict[str, Any]) -> str:
         return f"{document.get('label')}: error: {document.get('error')}"
     lat, srv, gpu = r["latency_ms"], r["server"], r.get("gpu")
     errors = ", ".join(f"{k}:{v}" for k, v in r["errors"].items()) or "none"
-    return (f"{document.get('label')}: {r['ok_rps']:.0f} ok/s ({r['throughput_rps']:.0f} answers/s), "
+    per_request = document["config"]["payload"].get("items_per_request", 1)
+    items = f" = {r['ok_rps'] * per_request:.0f} items/s ({per_request} per request)" if per_request > 1 else ""
+    return (f"{document.get('label')}: {r['ok_rps']:.0f} ok/s{items} ({r['throughput_rps']:.0f} answers/s), "
             f"p50 {cell(lat['p50'])} p90 {cell(lat['p90'])} p99 {cell(lat['p99'])} ms, errors {errors}, "
             f"mean batch {cell(srv.get('mean_batch_size'))}, GPU busy "
             f"{cell(gpu.get('util_mean')) + '%' if gpu else 'n/a'}, client CPU max "

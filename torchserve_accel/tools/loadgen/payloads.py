@@ -100,11 +100,13 @@ def approx_tokens(text: str) -> int:
 
 
 def build_payloads(model: str, *, texts: int | None = None, images: int | None = None, image_dir: Path | None = None,
-                   min_words: int = 4, max_words: int = 100, seed: int = 0) -> tuple[list[Payload], dict[str, Any]]:
+                   min_words: int = 4, max_words: int = 100, seed: int = 0, items_per_request: int = 1
+                   ) -> tuple[list[Payload], dict[str, Any]]:
     """The payloads for ``model`` and their description for result documents.
 
     Texts when ``texts`` is given, or by default for a model whose name says BERT (256 of them); else the images
-    of ``image_dir`` (at most ``images``), else ``images`` (default 64) synthetic JPEGs.
+    of ``image_dir`` (at most ``images``), else ``images`` (default 64) synthetic JPEGs. ``items_per_request`` > 1:
+    that many texts or images in each request (``per_request``); the description's ``bytes`` are per item.
     """
     if texts is not None or (image_dir is None and images is None and "bert" in model.lower()):
         count = texts or 256
@@ -121,7 +123,32 @@ def build_payloads(model: str, *, texts: int | None = None, images: int | None =
         desc = {"kind": "images", "source": "synthetic 500x375 JPEG q90 with grain", "count": count}
     sizes = sorted(len(p.body) for p in payloads)
     desc["bytes"] = {"mean": round(sum(sizes) / len(sizes)), "min": sizes[0], "max": sizes[-1]}
-    return payloads, desc
+    desc["items_per_request"] = items_per_request
+    return per_request(payloads, items_per_request), desc
+
+
+def per_request(payloads: Sequence[Payload], count: int) -> list[Payload]:
+    """The same items, ``count`` per request: images as the parts of one multipart/form-data body (binary, no
+    base64: what a client batching its own images sends), texts as ``{"texts": [...]}``. The items are taken in
+    turn, so every item travels as often as the others; there are as many requests as payloads."""
+    if count < 1:
+        raise ValueError(f"items per request must be >= 1, got {count}")
+    if count == 1:
+        return list(payloads)
+    from urllib3 import encode_multipart_formdata
+
+    grouped = []
+    for start in range(len(payloads)):
+        items = [payloads[(start + k) % len(payloads)] for k in range(count)]
+        name = f"{items[0].name}+{count - 1}"
+        if items[0].content_type == "application/json":
+            body = json.dumps({"texts": [json.loads(p.body)["text"] for p in items]}).encode()
+            grouped.append(Payload(body, "application/json", name))
+        else:
+            fields = {f"image{k}": (p.name or f"image{k}", p.body, p.content_type) for k, p in enumerate(items)}
+            body, content_type = encode_multipart_formdata(fields, boundary=f"torchserve-accel-{start:06d}")
+            grouped.append(Payload(body, content_type, name))
+    return grouped
 
 
 def bad_inputs(kind: str) -> list[Payload]:

@@ -18,7 +18,8 @@
 # also printed last). A failed step is logged and the rest still runs; every wait has a timeout; the script exits
 # non-zero when a step failed or a run served nothing or erred on over 1% of its requests.
 # Knobs (environment): BUDGET_S, WARMUP, DURATION, PROCS (load processes), WORKERS, BS, DELAY (ResNet; default:
-# the archive's), CONC (ResNet closed loop; default workers x batch), RATE_TARGET, MULTI (images per request; 0:
+# the archive's), CONC (ResNet closed loop; default workers x batch), RATE_TARGET, BS_ALT (another ResNet batchSize
+# to measure with the same workers: closed loop and the target rate; empty: none), MULTI (images per request; 0:
 # skip), MULTI_CONC, MULTI_RATE_TARGET, BERT (0: skip), BERT_CONC (per worker), BERT_RATE_TARGET, BERT_WORKERS
 # (more worker counts to measure, e.g. 3,4), BERT_FP8 (0: skip), SWEEP (0: skip), SWEEP_WORKERS, SWEEP_BS,
 # SWEEP_DELAYS, P99_MS, WORK (scratch dir), MPS (auto: workers under an NVIDIA MPS daemon when
@@ -49,6 +50,7 @@ R_BS=${BS:-$(config_value resnet101 batchSize)}
 R_DELAY=${DELAY:-$(config_value resnet101 maxBatchDelay)}
 CONC=${CONC:-$((R_WORKERS * R_BS))}
 RATE_TARGET=${RATE_TARGET:-15000}
+BS_ALT=${BS_ALT:-}
 MULTI=${MULTI:-16}
 MULTI_CONC=${MULTI_CONC:-64}
 MULTI_RATE_TARGET=${MULTI_RATE_TARGET:-18000}
@@ -215,6 +217,14 @@ print("python", sys.version.split()[0], *[f"{p} {m.version(p)}" for p in ("torch
       step load-resnet-multi-open-target 120 "${LOAD[@]}" resnet101 --per-request "$MULTI" \
         --rate "$(awk -v r="$MULTI_RATE_TARGET" -v m="$MULTI" 'BEGIN { printf "%.2f", r / m }')" \
         --label "ours-resnet101-x${MULTI}-open-${MULTI_RATE_TARGET}" --out "$RES/ours-resnet101-multi-open-target.json"
+    fi
+    if [ -n "$BS_ALT" ]; then  # the same workers at another batchSize: closed loop and the target rate
+      step "resnet-bs$BS_ALT" 240 "${SWEEP_PY[@]}" up resnet101 "$R_WORKERS" --batch-size "$BS_ALT" \
+          --max-batch-delay "$R_DELAY" --timeout 240 \
+        && step "load-resnet-bs$BS_ALT-closed" 120 "${LOAD[@]}" resnet101 --concurrency $((R_WORKERS * BS_ALT)) \
+          --label "ours-resnet101-bs$BS_ALT-closed" --out "$RES/ours-resnet101-bs$BS_ALT-closed.json" \
+        && step "load-resnet-bs$BS_ALT-open-target" 120 "${LOAD[@]}" resnet101 --rate "$RATE_TARGET" \
+          --label "ours-resnet101-bs$BS_ALT-open-${RATE_TARGET}" --out "$RES/ours-resnet101-bs$BS_ALT-open-target.json"
     fi
   fi
 

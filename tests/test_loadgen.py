@@ -392,7 +392,8 @@ def test_gpu_utilization_summary_over_the_window():
                        [(1.0, 0, 10.0, 100.0), (2.0, 0, 90.0, 200.0), (3.0, 0, 100.0, 300.0), (2.5, 1, 50.0, 10.0),
                         (9.0, 0, 0.0, 0.0)]]
     summary = sampler.summary(1.5, 3.5)
-    assert summary["per_gpu"]["0"] == {"util_mean": 95.0, "util_p50": 95.0, "memory_max_mib": 300.0, "samples": 2}
+    assert summary["per_gpu"]["0"] == {"util_mean": 95.0, "util_p50": 95.0, "memory_max_mib": 300.0, "samples": 2,
+                                       "series": [[0.5, 90.0], [1.5, 100.0]]}
     assert summary["util_mean"] == 72.5
 
 
@@ -490,6 +491,11 @@ def test_plot_results_writes_pngs(tmp_path):
     (results / "base.json").write_text(json.dumps(_document("baseline-stock", 400, 300)))
     written = plot_results.plot_all([results], tmp_path / "plots", p99_bound_ms=100)
     assert sorted(p.name for p in written) == ["resnet101_sweep_workers.png", "resnet101_throughput_vs_p99.png"]
+    ours = _document("ours-resnet101-closed", 13000, 70)
+    ours["results"]["gpu"] = {"util_mean": 90.0, "per_gpu": {"0": {"series": [[0.1, 85.0], [0.3, 95.0]]}}}
+    (results / "ours.json").write_text(json.dumps(ours))
+    written = plot_results.plot_all([results], tmp_path / "plots", p99_bound_ms=100)
+    assert "resnet101_gpu_busy.png" in [p.name for p in written]
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in written)
 
 

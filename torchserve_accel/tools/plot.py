@@ -9,6 +9,7 @@ summaries, or folders of them). Writes, per model:
     <model>_throughput_vs_p99.png   every run as a point (200s/s, p99), sweep points joined per
                                     (batchSize, maxBatchDelay) in worker order, the p99 bound dashed
     <model>_sweep_workers.png       (when there is a sweep) 200s/s and p99 against workers
+    <model>_gpu_busy.png            (when runs sampled a GPU) the first GPU's busy % over each run's window
 Needs matplotlib (not on the GPU image: plot here, from the JSON the GPU run wrote).
 """
 
@@ -96,6 +97,23 @@ def plot_model(model: str, points: list[dict], card: str | None, out_dir: Path,
             a.grid(True, alpha=0.3)
         fig.tight_layout()
         path = out_dir / f"{model}_sweep_workers.png"
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        written.append(path)
+
+    sampled = [p for p in single if p.get("gpu_series")]
+    if sampled:
+        fig, ax = plt.subplots(figsize=(9, 5))
+        for p in sampled:
+            ax.plot(*zip(*p["gpu_series"]), label=f"{p.get('label')} (mean {p.get('gpu_util')}%)", linewidth=1)
+        ax.set_ylim(0, 105)
+        ax.set_xlabel("seconds into the measured window")
+        ax.set_ylabel("GPU busy (%)")
+        ax.set_title(f"{model}: GPU busy over time, per run\n{card or ''}", fontsize=10)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7, loc="lower right")
+        fig.tight_layout()
+        path = out_dir / f"{model}_gpu_busy.png"
         fig.savefig(path, dpi=120)
         plt.close(fig)
         written.append(path)

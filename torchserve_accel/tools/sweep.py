@@ -203,6 +203,7 @@ def point_summary(document: dict) -> dict:
         "errors": r.get("errors"),
         "mean_batch_size": (r.get("server") or {}).get("mean_batch_size"),
         "gpu_util": (r.get("gpu") or {}).get("util_mean"),
+        "gpu_series": next(iter(((r.get("gpu") or {}).get("per_gpu") or {}).values()), {}).get("series"),
         "client_cpu_max": (r.get("client") or {}).get("busiest_process_cpu"),
         "error": document.get("error"),
     }

@@ -97,7 +97,9 @@ class GpuUtilization(GpuSampler):
                 per_gpu.setdefault(sample["index"], []).append(sample)
         gpus = {str(g): {"util_mean": round(sum(s["util"] for s in v) / len(v), 1),
                          "util_p50": percentile(sorted(s["util"] for s in v), 50),
-                         "memory_max_mib": max(s["memory_mib"] for s in v), "samples": len(v)}
+                         "memory_max_mib": max(s["memory_mib"] for s in v), "samples": len(v),
+                         # [seconds into the window, busy %]: the GPU-busy-over-time plot
+                         "series": [[round(s["t"] - start, 2), s["util"]] for s in v]}
                 for g, v in sorted(per_gpu.items())}
         means = [g["util_mean"] for g in gpus.values()]
         return {"util_mean": round(sum(means) / len(means), 1) if means else None, "per_gpu": gpus,

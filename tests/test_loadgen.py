@@ -512,5 +512,10 @@ def test_the_tuned_baseline_caps_each_workers_cpu_threads(monkeypatch, tmp_path)
     built.clear()
     sweep.build_bench_archive("resnet101_baseline_tuned", tmp_path, baseline_workers=4)
     assert built == {"resnet101_baseline_tuned": {"handler.torch_threads": 4}}
+    built.clear()
+    # our archives keep archiver_configs' workers unless told; the FP8 variant is BERT-Large with precision: fp8
+    sweep.build_bench_archive("bert_large_fp8", tmp_path)
+    sweep.build_bench_archive("resnet101", tmp_path, workers=1)
+    assert built == {"bert_large_fp8": {"handler.precision": "fp8"}, "resnet101": {"minWorkers": 1, "maxWorkers": 1}}
     handler = sweep.data_file(sweep.BASELINE_HANDLER).read_text()
     assert 'get("torch_threads")' in handler and "torch.set_num_threads(int(threads))" in handler

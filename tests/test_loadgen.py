@@ -5,6 +5,7 @@ client against a tiny local server, best-point choice and combined reports. Fast
 from __future__ import annotations
 
 import asyncio
+import base64
 import io
 import json
 import random
@@ -364,6 +365,9 @@ def test_several_items_per_request_take_each_item_in_turn():
     for start, g in enumerate(grouped):
         first, second = images[start].body, images[(start + 1) % 3].body
         assert first in g.body and second in g.body and g.body.index(first) < g.body.index(second)
+    grouped = payloads.per_request(images, 2, image_format="json")
+    assert all(g.content_type == "application/json" for g in grouped)
+    assert [base64.b64decode(s) for s in json.loads(grouped[0].body)] == [images[0].body, images[1].body]
     texts = payloads.text_payloads(4, seed=1)
     grouped = payloads.per_request(texts, 3)
     assert [json.loads(g.body)["texts"] for g in grouped][1] == [json.loads(t.body)["text"] for t in texts[1:4]]

@@ -20,10 +20,10 @@ class ResNetOptions:
     response_format: Literal["native", "torchserve"] = "native"
     max_items_per_request: int = 64  # images in one request (a JSON list, multipart parts, KServe instances/tensors)
     # The engine's batch sizes: a batch pads to the next bucket, and one larger than the largest runs in chunks of it.
-    # Buckets up to batchSize serve single-image requests; on a GPU the larger ones are kept too, for batches of
-    # several-image requests (a batch of 64 requests of 16 images runs as 4 engine calls of 256). CPU workers stop
-    # at batchSize.
-    batch_buckets: tuple[int, ...] = (1, 8, 16, 32, 64, 128, 256)
+    # batchSize is always a bucket. Buckets above it are kept on a GPU only (batches of several-image requests can
+    # fill them; CPU workers stop at batchSize); they are not listed by default: a 256 bucket costs ~1.9 GB of GPU
+    # memory per worker and served several-image requests are bound by TorchServe, not the engine (NOTES.md).
+    batch_buckets: tuple[int, ...] = (1, 8, 16, 32, 64)
     cuda_graphs: bool = True
     # Wait for a batch's results asleep (a blocking CUDA event) instead of spinning a core: several workers per GPU
     # leave the host's cores to each other and to the frontend.

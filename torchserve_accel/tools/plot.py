@@ -26,7 +26,11 @@ from torchserve_accel.tools.sweep import load_documents, point_summary
 
 def _model_of(point: dict) -> str:
     model = point.get("model") or "model"
-    return "resnet101" if model == "resnet101_baseline" else model  # the baseline shares ResNet-101's plot
+    # the baselines share ResNet-101's plots, the FP8 archive BERT-Large's
+    for family in ("resnet101", "bert_large"):
+        if model.startswith(family + "_"):
+            return family
+    return model
 
 
 def plot_model(model: str, points: list[dict], card: str | None, out_dir: Path,

@@ -65,6 +65,8 @@ def add_payload_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--per-request", type=int, default=1, metavar="N",
                         help="images (one multipart part each) or texts ({\"texts\": [...]}) per request (default 1)")
+    parser.add_argument("--per-request-format", choices=("multipart", "json"), default="multipart",
+                        help="several images as multipart parts (binary) or a JSON list of base64 strings")
 
 
 def payloads_from(args: Any, model: str) -> tuple[list[Payload], dict[str, Any]]:
@@ -72,7 +74,7 @@ def payloads_from(args: Any, model: str) -> tuple[list[Payload], dict[str, Any]]
         args.parser.error("--image-dir and --texts exclude each other")
     return build_payloads(model, texts=args.texts, images=args.images, image_dir=args.image_dir,
                           min_words=args.min_words, max_words=args.max_words, seed=args.seed,
-                          items_per_request=args.per_request)
+                          items_per_request=args.per_request, image_format=args.per_request_format)
 
 
 def positive(text: str) -> float:

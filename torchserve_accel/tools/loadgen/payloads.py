@@ -3,6 +3,7 @@ inputs that a model must refuse, mixed in at a given fraction (the soak's)."""
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import math
@@ -100,8 +101,8 @@ def approx_tokens(text: str) -> int:
 
 
 def build_payloads(model: str, *, texts: int | None = None, images: int | None = None, image_dir: Path | None = None,
-                   min_words: int = 4, max_words: int = 100, seed: int = 0, items_per_request: int = 1
-                   ) -> tuple[list[Payload], dict[str, Any]]:
+                   min_words: int = 4, max_words: int = 100, seed: int = 0, items_per_request: int = 1,
+                   image_format: str = "multipart") -> tuple[list[Payload], dict[str, Any]]:
     """The payloads for ``model`` and their description for result documents.
 
     Texts when ``texts`` is given, or by default for a model whose name says BERT (256 of them); else the images
@@ -124,13 +125,18 @@ def build_payloads(model: str, *, texts: int | None = None, images: int | None =
     sizes = sorted(len(p.body) for p in payloads)
     desc["bytes"] = {"mean": round(sum(sizes) / len(sizes)), "min": sizes[0], "max": sizes[-1]}
     desc["items_per_request"] = items_per_request
-    return per_request(payloads, items_per_request), desc
+    if items_per_request > 1:
+        desc["image_format"] = image_format
+    return per_request(payloads, items_per_request, image_format=image_format), desc
 
 
-def per_request(payloads: Sequence[Payload], count: int) -> list[Payload]:
+def per_request(payloads: Sequence[Payload], count: int, *, image_format: str = "multipart") -> list[Payload]:
     """The same items, ``count`` per request: images as the parts of one multipart/form-data body (binary, no
     base64: what a client batching its own images sends), texts as ``{"texts": [...]}``. The items are taken in
-    turn, so every item travels as often as the others; there are as many requests as payloads."""
+    turn, so every item travels as often as the others; there are as many requests as payloads. ``image_format``
+    "json" sends images instead as a JSON list of base64 strings."""
+    if image_format not in ("multipart", "json"):
+        raise ValueError(f"image format must be 'multipart' or 'json', got {image_format!r}")
     if count < 1:
         raise ValueError(f"items per request must be >= 1, got {count}")
     if count == 1:
@@ -143,6 +149,9 @@ def per_request(payloads: Sequence[Payload], count: int) -> list[Payload]:
         name = f"{items[0].name}+{count - 1}"
         if items[0].content_type == "application/json":
             body = json.dumps({"texts": [json.loads(p.body)["text"] for p in items]}).encode()
+            grouped.append(Payload(body, "application/json", name))
+        elif image_format == "json":
+            body = json.dumps([base64.b64encode(p.body).decode() for p in items]).encode()
             grouped.append(Payload(body, "application/json", name))
         else:
             fields = {f"image{k}": (p.name or f"image{k}", p.body, p.content_type) for k, p in enumerate(items)}

@@ -20,8 +20,9 @@
 # Knobs (environment): BUDGET_S, WARMUP, DURATION, PROCS (load processes), WORKERS, BS, DELAY (ResNet; default:
 # the archive's), CONC (ResNet closed loop; default workers x batch), RATE_TARGET, BS_ALT (another ResNet batchSize
 # to measure with the same workers: closed loop and the target rate; empty: none), MULTI (images per request; 0:
-# skip), MULTI_CONC, MULTI_RATE_TARGET, BERT (0: skip), BERT_CONC (per worker), BERT_RATE_TARGET, BERT_WORKERS
-# (more worker counts to measure, e.g. 3,4), BERT_FP8 (0: skip), SWEEP (0: skip), SWEEP_WORKERS, SWEEP_BS,
+# skip), MULTI_CONC, MULTI_RATE_TARGET, MULTI_FORMAT (multipart | json), BERT (0: skip), BERT_CONC (per worker),
+# BERT_RATE_TARGET, BERT_WORKERS (more worker counts to measure, default 6; empty: none), BERT_FP8 (0: skip),
+# SWEEP (0: skip), SWEEP_WORKERS, SWEEP_BS,
 # SWEEP_DELAYS, P99_MS, WORK (scratch dir), MPS (auto: workers under an NVIDIA MPS daemon when
 # nvidia-cuda-mps-control and a GPU are there, as `torchserve-accel start` decides and logs; 1: always, 0: never;
 # benchmarks/results/served_mps_h100.json). A CPU smoke run: BUDGET_S=420 WARMUP=2 DURATION=5 PROCS=2 WORKERS=1
@@ -53,6 +54,7 @@ RATE_TARGET=${RATE_TARGET:-15000}
 BS_ALT=${BS_ALT:-}
 MULTI=${MULTI:-16}
 MULTI_CONC=${MULTI_CONC:-64}
+MULTI_FORMAT=${MULTI_FORMAT:-multipart}
 MULTI_RATE_TARGET=${MULTI_RATE_TARGET:-18000}
 MPS=${MPS:-auto}
 case "$MPS" in 1|on) MPS_FLAG=(--mps on) ;; 0|off) MPS_FLAG=(--mps off) ;; *) MPS_FLAG=(--mps auto) ;; esac
@@ -60,7 +62,7 @@ BERT=${BERT:-1}
 B_WORKERS=$(config_value bert_large minWorkers)
 BERT_CONC=${BERT_CONC:-128}
 BERT_RATE_TARGET=${BERT_RATE_TARGET:-8000}
-BERT_WORKERS=${BERT_WORKERS:-3,4}
+BERT_WORKERS=${BERT_WORKERS:-6}
 BERT_FP8=${BERT_FP8:-1}
 SWEEP=${SWEEP:-1}
 SWEEP_WORKERS=${SWEEP_WORKERS:-1,2,4,8,10}
@@ -213,8 +215,10 @@ print("python", sys.version.split()[0], *[f"{p} {m.version(p)}" for p in ("torch
       --label "ours-resnet101-open-${RATE_TARGET}" --out "$RES/ours-resnet101-open-target.json"
     if ((MULTI > 1)); then
       step load-resnet-multi-closed 120 "${LOAD[@]}" resnet101 --per-request "$MULTI" --concurrency "$MULTI_CONC" \
+        --per-request-format "$MULTI_FORMAT" \
         --label "ours-resnet101-x${MULTI}-closed" --out "$RES/ours-resnet101-multi-closed.json"
       step load-resnet-multi-open-target 120 "${LOAD[@]}" resnet101 --per-request "$MULTI" \
+        --per-request-format "$MULTI_FORMAT" \
         --rate "$(awk -v r="$MULTI_RATE_TARGET" -v m="$MULTI" 'BEGIN { printf "%.2f", r / m }')" \
         --label "ours-resnet101-x${MULTI}-open-${MULTI_RATE_TARGET}" --out "$RES/ours-resnet101-multi-open-target.json"
     fi

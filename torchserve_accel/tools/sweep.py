@@ -462,6 +462,8 @@ def add_commands(commands: Commands) -> None:
     p.add_argument("--images", type=int, default=64)
     p.add_argument("--texts", type=int, default=None, help="send texts (BERT) instead of images")
     p.add_argument("--per-request", type=int, default=1, metavar="N", help="images or texts per request")
+    p.add_argument("--per-request-format", choices=("multipart", "json"), default="multipart",
+                   help="several images as multipart parts or a JSON list of base64 strings")
     p.add_argument("--budget-s", type=float, default=None, help="skip points that would end after this")
     p.add_argument("--start-timeout", type=float, default=600, help="seconds for workers to become READY")
     p.add_argument("--out-dir", type=Path, default=WORKDIR / "benchmarks" / "results" / "sweep")
@@ -508,7 +510,7 @@ def _up(ts: TorchServe, args: Any) -> None:
 
 def _run(ts: TorchServe, args: Any) -> int:
     payloads, desc = build_payloads(args.model, texts=args.texts, images=None if args.texts else args.images,
-                                    items_per_request=args.per_request)
+                                    items_per_request=args.per_request, image_format=args.per_request_format)
     base = LoadConfig(processes=args.processes, warmup_s=args.warmup, duration_s=args.duration, timeout_s=args.timeout)
     summary = run_sweep(ts, args.model, args.archive or f"{args.model}.mar", args.workers, args.batch_sizes,
                         args.delays, payloads, desc, base, args.concurrency, args.per_slot, args.p99_bound_ms,

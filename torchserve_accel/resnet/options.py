@@ -21,8 +21,8 @@ class ResNetOptions:
     max_items_per_request: int = 64  # images in one request (a JSON list, multipart parts, KServe instances/tensors)
     # The engine's batch sizes: a batch pads to the next bucket, and one larger than the largest runs in chunks of it.
     # batchSize is always a bucket. Buckets above it are kept on a GPU only (batches of several-image requests can
-    # fill them; CPU workers stop at batchSize); they are not listed by default: a 256 bucket costs ~1.9 GB of GPU
-    # memory per worker and served several-image requests are bound by TorchServe, not the engine (NOTES.md).
+    # fill them; CPU workers stop at batchSize); they are not listed by default: each costs GPU memory in every worker
+    # and served several-image requests are bound by TorchServe, not the engine (benchmarks/NOTES.md).
     batch_buckets: tuple[int, ...] = (1, 8, 16, 32, 64)
     cuda_graphs: bool = True
     # Wait for a batch's results asleep (a blocking CUDA event) instead of spinning a core: several workers per GPU

@@ -33,6 +33,15 @@ def _model_of(point: dict) -> str:
     return model
 
 
+def _save(fig: Any, path: Path, written: list[Path]) -> None:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    written.append(path)
+
+
 def plot_model(model: str, points: list[dict], card: str | None, out_dir: Path,
                p99_bound_ms: float | None) -> list[Path]:
     import matplotlib
@@ -75,11 +84,7 @@ def plot_model(model: str, points: list[dict], card: str | None, out_dir: Path,
     ax.set_title(f"{model}: served throughput vs p99 latency\n{card or ''}", fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8, loc="best")
-    fig.tight_layout()
-    path = out_dir / f"{model}_throughput_vs_p99.png"
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    written.append(path)
+    _save(fig, out_dir / f"{model}_throughput_vs_p99.png", written)
 
     if swept:
         fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 7), sharex=True)
@@ -99,11 +104,7 @@ def plot_model(model: str, points: list[dict], card: str | None, out_dir: Path,
         top.legend(fontsize=8)
         for a in (top, bottom):
             a.grid(True, alpha=0.3)
-        fig.tight_layout()
-        path = out_dir / f"{model}_sweep_workers.png"
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-        written.append(path)
+        _save(fig, out_dir / f"{model}_sweep_workers.png", written)
 
     sampled = [p for p in single if p.get("gpu_series")]
     if sampled:
@@ -116,11 +117,7 @@ def plot_model(model: str, points: list[dict], card: str | None, out_dir: Path,
         ax.set_title(f"{model}: GPU busy over time, per run\n{card or ''}", fontsize=10)
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7, loc="lower right")
-        fig.tight_layout()
-        path = out_dir / f"{model}_gpu_busy.png"
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-        written.append(path)
+        _save(fig, out_dir / f"{model}_gpu_busy.png", written)
     return written
 
 

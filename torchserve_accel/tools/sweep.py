@@ -369,7 +369,7 @@ def markdown_table(points: list[dict]) -> str:
         load = f"{p['rate']:.0f}/s open" if p.get("rate") else f"{p.get('concurrency')} in flight"
         errors = ", ".join(f"{k}:{v}" for k, v in (p.get("errors") or {}).items()) or "0"
         per = p.get("items_per_request") or 1
-        items = f"{p['ok_rps'] * per:.0f}" + (f" ({per}/req)" if per > 1 else "")
+        items = f"{p['ok_items_per_s']:.0f}" + (f" ({per}/req)" if per > 1 else "")
         lines.append(f"| {p['label']} | {cell(p.get('workers'))} | {cell(p.get('batch_size'))} | "
                      f"{cell(p.get('max_batch_delay'))} | {load} | {p['ok_rps']:.0f} | {items} | {cell(p.get('p50_ms'))} | "
                      f"{cell(p.get('p90_ms'))} | {cell(p.get('p99_ms'))} | {errors} | "

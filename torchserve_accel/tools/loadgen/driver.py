@@ -198,7 +198,7 @@ def one_line(document: dict[str, Any]) -> str:
     lat, srv, gpu = r["latency_ms"], r["server"], r.get("gpu")
     errors = ", ".join(f"{k}:{v}" for k, v in r["errors"].items()) or "none"
     per_request = document["config"]["payload"].get("items_per_request", 1)
-    items = f" = {r['ok_rps'] * per_request:.0f} items/s ({per_request} per request)" if per_request > 1 else ""
+    items = f" = {r['ok_items_per_s']:.0f} items/s ({per_request} per request)" if per_request > 1 else ""
     return (f"{document.get('label')}: {r['ok_rps']:.0f} ok/s{items} ({r['throughput_rps']:.0f} answers/s), "
             f"p50 {cell(lat['p50'])} p90 {cell(lat['p90'])} p99 {cell(lat['p99'])} ms, errors {errors}, "
             f"mean batch {cell(srv.get('mean_batch_size'))}, GPU busy "

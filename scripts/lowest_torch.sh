@@ -3,7 +3,8 @@
 # editable with its dev extras under the pins of scripts/lowest_torch.txt, then the model unit tests run there (the
 # integration tests run on .venv only). Run by scripts/run_tests.sh in CI; by hand: bash scripts/lowest_torch.sh
 # [pytest args]. PyPI's torch 2.4.1 is a CUDA build: a fresh set-up downloads ~2.6 GB with its nvidia-* libraries
-# (5.3 GB in the venv). Quick when nothing changed: the install is skipped while setup.py and the pins are unchanged.
+# (5.3 GB in the venv), one package at a time so that the disk holds little more than the venv. Quick when nothing
+# changed: the install is skipped while setup.py and the pins are unchanged.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 venv="$root/.venv-lowest"
@@ -41,7 +42,28 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] || ! installed_here; then
   say "installing torchserve-accel[dev] with $(grep -E '^(torch|torchvision|transformers)==' "$pins" | paste -sd' ')" \
       "into $venv (a fresh machine downloads ~2.6 GB) ..."
   start=$SECONDS
-  "$py" -m pip install --progress-bar "$progress" -c "$pins" -e "$root[dev]"
+  free_mb=$(df -Pm "$venv" | awk 'NR == 2 {print $4}')
+  [ "$free_mb" -ge 7000 ] || say "warning: $free_mb MB free where $venv lies; a fresh install needs about 6,500 MB"
+  # One pip call for everything holds every downloaded wheel (2.6 GB) beside the growing venv (5.3 GB) until the
+  # end, which filled a CI machine's disk. Torch alone first, then each of its CUDA libraries in a call of its own
+  # (with their own dependencies), nothing cached: at most one wheel waits on disk beside the venv.
+  export PIP_NO_CACHE_DIR=1
+  torch_pin=$(grep -E '^torch==' "$pins")
+  "$py" -m pip install --progress-bar "$progress" --no-deps "$torch_pin"
+  # torch's own pins of its CUDA libraries, as constraints too: one library's dependency on another is unpinned.
+  cuda_pins="$venv/torch-cuda-pins.txt"
+  "$py" - > "$cuda_pins" <<'PY'
+import importlib.metadata
+from pip._vendor.packaging.requirements import Requirement
+for line in importlib.metadata.requires("torch") or []:
+    req = Requirement(line)
+    if req.name.startswith(("nvidia-", "triton")) and (req.marker is None or req.marker.evaluate({"extra": ""})):
+        print(str(req).split(";")[0])
+PY
+  while read -r req; do
+    "$py" -m pip install --progress-bar "$progress" -c "$pins" -c "$cuda_pins" "$req" < /dev/null
+  done < "$cuda_pins"
+  "$py" -m pip install --progress-bar "$progress" -c "$pins" -c "$cuda_pins" -e "$root[dev]"
   echo "$want" > "$stamp"
   say "installed in $((SECONDS - start)) s"
 fi

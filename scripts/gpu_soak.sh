@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # GPU soak of several models at once on one GPU, through one real TorchServe (workers under MPS where it can run):
 # each model at 80% of its maximum measured just before, for MINUTES (default 10), with 1% bad inputs; then one
-# worker of each model SIGKILLed under the same load and its recovery measured. TorchServe is stopped at the end.
+# worker of each model SIGKILLed under the same load, one model at a time while every model keeps its load, and
+# its recovery measured. TorchServe is stopped at the end.
 # Needs TorchServe and Java importable (benchmarks/BENCHMARKS.md says how on a GPU machine).
 #
 #   OUT=gpu_out bash scripts/gpu_soak.sh                                            # in the foreground
@@ -9,10 +10,10 @@
 #
 # Under $OUT: soak_<model>.json and .log per model, soak_combined.json (both verdicts; docs/reliability.md says what
 # is judged), soak.log (this output), torchserve_logs.txt (log tails), and last DONE, holding the exit status (0:
-# every soak passed). About 13.5 minutes with the defaults: ~1.5 min to build and register (BERT-Large's random
+# every soak passed). About 14.5 minutes with the defaults: ~1.5 min to build and register (BERT-Large's random
 # checkpoint builds while ResNet-101's workers start), then per model, concurrently, MEASURE_S of full batches (each
 # model's maximum is measured while the other's closed loop runs too), WARMUP_S at the rate, MINUTES of soak, and
-# KILL_WINDOW_S of load around the kill.
+# KILL_WINDOW_S of load around the kill, one model's kill after the other's.
 #
 # Knobs (environment): MODELS ("resnet101 bert_large"), MINUTES (10), BAD (0.01: share of bad inputs), KILL (1; 0:
 # no kill), KILL_AFTER_S (5), KILL_WINDOW_S (30), MEASURE_S (15), WARMUP_S (20), TIMEOUT (15 s per request: a request
@@ -91,10 +92,13 @@ main() {
 
   note "soaks, all models at once (logs: soak_<model>.log)"
   local limit kill=() files=() others other
-  # the soak's own seconds, 10% more for the pauses between segments, the recovery timeout (300 s) and 180 s spare
-  limit=$(awk -v m="$MINUTES" -v a="$MEASURE_S" -v b="$WARMUP_S" -v c="$KILL_WINDOW_S" \
-    'BEGIN { printf "%d", m * 66 + a + b + c + 480 }')
-  ((KILL)) && kill=(--kill-worker --kill-after-s "$KILL_AFTER_S" --kill-window-s "$KILL_WINDOW_S")
+  # the soak's own seconds, 10% more for the pauses between segments, then per model a kill window and the
+  # recovery timeout (300 s; the kills take turns), and 180 s spare
+  limit=$(awk -v m="$MINUTES" -v a="$MEASURE_S" -v b="$WARMUP_S" -v c="$KILL_WINDOW_S" -v n="${#MODEL_LIST[@]}" \
+    'BEGIN { printf "%d", m * 66 + a + b + n * (c + 300) + 180 }')
+  # the kills take turns (one model's kill and recovery never overlap another's), every model under load meanwhile
+  ((KILL)) && kill=(--kill-worker --kill-after-s "$KILL_AFTER_S" --kill-window-s "$KILL_WINDOW_S"
+                    --kill-turns "$WORK/kill_turns")
   pids=()
   for model in "${MODEL_LIST[@]}"; do
     others=()

@@ -5,6 +5,8 @@ Fast, no TorchServe (tests/integration/test_soak*.py run the soak against a real
 from __future__ import annotations
 
 import json
+import threading
+import time
 
 import pytest
 
@@ -147,3 +149,72 @@ def test_soak_combine_command_exits_non_zero_when_one_soak_failed(tmp_path, caps
     assert json.loads(out.read_text())["failures"] == ["bert_large: 2 failed"]
     assert main(["soak-combine", str(a), str(tmp_path / "missing.json"), "--out", str(out)]) == 1
     assert "FAILED" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------------------------------- kills in turn
+
+
+def _kill(window_start, killed_after_s=5.0, recovery_s=20.0, window_s=30.0):
+    return {"killed_at": window_start + killed_after_s, "killed_after_s": killed_after_s, "recovery_s": recovery_s,
+            "window": {"window_s": window_s}}
+
+
+def test_kills_apart_covers_each_window_and_recovery():
+    assert soak.kills_apart([_kill(0.0), _kill(30.0)]) is True  # window 0-30, recovery ends at 25
+    assert soak.kills_apart([_kill(0.0, recovery_s=40.0), _kill(30.0)]) is False  # still recovering at 30
+    assert soak.kills_apart([_kill(50.0), _kill(0.0, recovery_s=None)]) is False  # never back: never apart
+    assert soak.kills_apart([_kill(0.0)]) is None
+    assert soak.kills_apart([_kill(0.0), {"recovery_s": 1.0}]) is None  # an older result without the times
+
+
+def test_kill_turns_take_turns_and_keep_load_until_every_kill_is_done(tmp_path):
+    resnet = soak.KillTurns(str(tmp_path), "resnet101", ["bert_large"])
+    bert = soak.KillTurns(str(tmp_path), "bert_large", ["resnet101"])
+    waiting, loads, order = threading.Event(), {"resnet101": 0, "bert_large": 0}, []
+
+    def load(model):
+        def keep_load():
+            loads[model] += 1
+            waiting.set()
+            time.sleep(0.01)
+        return keep_load
+
+    resnet.wait_turn(load("resnet101"), log=lambda m: None)  # first: the turn at once, no load needed
+    assert loads["resnet101"] == 0
+
+    def bert_kill():
+        bert.wait_turn(load("bert_large"), log=lambda m: None)
+        order.append("bert_large killed")
+        bert.done()
+
+    thread = threading.Thread(target=bert_kill)
+    thread.start()
+    assert waiting.wait(30)  # bert keeps its load while resnet holds the turn
+    order.append("resnet101 killed")
+    resnet.done()
+    resnet.wait_others(load("resnet101"), timeout_s=60, log=lambda m: None)  # load on until bert's kill is done
+    thread.join(30)
+    assert order == ["resnet101 killed", "bert_large killed"] and loads["bert_large"] >= 1
+    assert (tmp_path / "resnet101.killed").exists() and (tmp_path / "bert_large.killed").exists()
+
+
+def test_kill_turns_stop_waiting_for_a_soak_that_never_kills(tmp_path):
+    turns = soak.KillTurns(str(tmp_path), "resnet101", ["failed_early"])
+    turns.wait_turn(lambda: None, log=lambda m: None)
+    turns.done()
+    calls = []
+    turns.wait_others(lambda: calls.append(1), timeout_s=0.0, log=lambda m: None)
+    assert calls == []
+
+
+def test_beside_kills_judges_the_waiting_model_like_the_soak():
+    ok = {"window_s": 5.0, "started": 100, "failed": 0, "latency_ms": {"p99": 40.0},
+          "bad_inputs": {"started": 1, "answers": {"400": 1}}}
+    bad = {"window_s": 5.0, "started": 100, "failed": 3, "latency_ms": {"p99": 900.0},
+           "bad_inputs": {"started": 1, "answers": {"503": 1}}}
+    assert soak.beside_kills([ok, ok])["failures"] == []
+    judged = soak.beside_kills([ok, bad])
+    assert judged["failed"] == 3 and judged["p99_ms_worst_segment"] == 900.0 and judged["sent"] == 202
+    assert judged["failures"] == ["beside the other models' kills: 3 failed good request(s)",
+                                  "beside the other models' kills: 1 bad request(s) not answered 4xx: "
+                                  "{'400': 1, '503': 1}"]

@@ -31,7 +31,11 @@ minute with the default ``--segment-s``) is in the JSON and the summary line.
 Worker kill (``--kill-worker``), after the soak and its restart check, at the same rate: ``kill_one_worker``.
 Several models at once: run one soak per model, concurrently, against the same TorchServe, each with
 ``--alongside`` naming the others (recorded: each maximum was then measured while the others were loaded too),
-and ``soak-combine`` their JSON files into one verdict (``combine``; exit status 1 when any soak failed).
+and ``soak-combine`` their JSON files into one verdict (``combine``; exit status 1 when any soak failed). With
+``--kill-turns DIR`` (the same directory for every soak) the kills take turns (``KillTurns``): one model's kill
+window and recovery never overlap another's, so each is judged on its own kill, and every model keeps its load
+at its rate until all kills are done, so each kill happens under every model's load; what the waiting model's
+requests got meanwhile is judged too (``beside_kills``).
 
 Host memory comes from psutil. GPU memory is per worker process where NVML (or nvidia-smi) lists the workers'
 pids, else (another pid namespace, e.g. a container, or MPS clients the driver does not list) the memory in use
@@ -43,6 +47,7 @@ and the verdict; the exit status is 0 when the soak passed.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import signal
@@ -192,6 +197,8 @@ class SoakConfig:
     kill_window_s: float = 60.0  # load seconds of the kill phase
     recovery_timeout_s: float = 300.0  # from the kill; polled past the window when the worker is not back by then
     alongside: tuple[str, ...] = ()  # models soaked at the same time on this TorchServe (recorded, not driven)
+    kill_turns: str | None = None  # a directory shared by the soaks run together: their kills take turns
+    turn_segment_s: float = 5.0  # load seconds per segment while waiting for a turn or for the others' kills
 
 
 def workers_of(ts: TorchServe, model: str) -> dict[str, dict[str, Any]]:
@@ -320,10 +327,29 @@ def run_soak(ts: TorchServe, model: str, payloads: Sequence[Payload], config: So
     failures += memory_failures
     if config.kill_worker:
         max_rps = (doc.get("max_rate") or doc.get("burst") or {}).get("ok_rps")
-        doc["kill"] = kill_one_worker(ts, model, rotated(mixed, offset), rate, config, len(segments) + 1, max_rps,
-                                      log)
+        turns = KillTurns(config.kill_turns, model, config.alongside) if config.kill_turns else None
+        beside: list[dict[str, Any]] = []
+
+        def keep_load() -> None:  # one short segment at the rate while another model's kill runs
+            nonlocal offset
+            beside.append(_segment(ts, model, rotated(mixed, offset), rate, config.turn_segment_s, config,
+                                   seed=len(segments) + 2 + len(beside), log=log))
+            offset += _sent(beside[-1])
+
+        if turns:
+            turns.wait_turn(keep_load, log)
+        try:
+            doc["kill"] = kill_one_worker(ts, model, rotated(mixed, offset), rate, config, len(segments) + 1,
+                                          max_rps, log)
+        finally:
+            if turns:
+                turns.done()
         doc["phases"]["kill"] = doc["kill"]["killed_at"]
         failures += [f"kill: {why}" for why in doc["kill"]["failures"]]
+        if turns:
+            turns.wait_others(keep_load, config.recovery_timeout_s + config.kill_window_s + 60.0, log)
+            doc["beside_kills"] = beside_kills(beside)
+            failures += doc["beside_kills"]["failures"]
     doc["passed"], doc["failures"] = not failures, failures
     return doc
 
@@ -389,6 +415,68 @@ def kill_one_worker(ts: TorchServe, model: str, payloads: Sequence[Payload], rat
     if segment["client_failures"]:
         kill["failures"].append(f"load processes failed: {segment['client_failures']}")
     return kill
+
+
+class KillTurns:
+    """Kills of several soaks, one at a time: a lock file in a shared directory is held from the kill window's
+    start until the killed worker is back, and ``<model>.killed`` marks each model's kill done. While waiting
+    (for the turn, then for the other models' kills) the caller keeps its model's load going."""
+
+    def __init__(self, directory: str, model: str, others: Sequence[str]):
+        self.dir, self.model, self.others = Path(directory), model, tuple(others)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._lock = None
+
+    def wait_turn(self, keep_load: Callable[[], None], log: Log) -> None:
+        self._lock = open(self.dir / "kill.lock", "w")
+        waited = False
+        while True:
+            try:
+                fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if not waited:
+                    log(f"[soak] {self.model}: another model's kill is running; load goes on until its turn")
+                    waited = True
+                keep_load()
+
+    def done(self) -> None:
+        (self.dir / f"{self.model}.killed").touch()
+        if self._lock is not None:
+            self._lock.close()  # releases the lock
+            self._lock = None
+
+    def wait_others(self, keep_load: Callable[[], None], timeout_s: float, log: Log) -> None:
+        """Load goes on until every other model's kill is done (or ``timeout_s``: a soak that failed early)."""
+        deadline = time.monotonic() + timeout_s
+        pending = [m for m in self.others if not (self.dir / f"{m}.killed").exists()]
+        if pending:
+            log(f"[soak] {self.model}: load goes on until the kills of {', '.join(pending)} are done")
+        while pending and time.monotonic() < deadline:
+            keep_load()
+            pending = [m for m in pending if not (self.dir / f"{m}.killed").exists()]
+
+
+def beside_kills(segments: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """What this model's requests got while other models' workers were killed: judged like the soak (no good
+    request failed, every bad one 4xx)."""
+    failed = sum(s["failed"] for s in segments)
+    bad_answers: dict[str, int] = {}
+    for segment in segments:
+        for name, n in segment.get("bad_inputs", {}).get("answers", {}).items():
+            bad_answers[name] = bad_answers.get(name, 0) + n
+    bad_not_4xx = sum(n for name, n in bad_answers.items() if not is_4xx(name))
+    failures = []
+    if failed:
+        failures.append(f"beside the other models' kills: {failed} failed good request(s)")
+    if bad_not_4xx:
+        failures.append(f"beside the other models' kills: {bad_not_4xx} bad request(s) not answered 4xx: "
+                        f"{dict(sorted(bad_answers.items()))}")
+    p99s = [s["latency_ms"]["p99"] for s in segments]
+    return {"seconds": sum(s["window_s"] for s in segments), "sent": sum(_sent(s) for s in segments),
+            "failed": failed, "bad_answers": dict(sorted(bad_answers.items())),
+            "p99_ms_worst_segment": max((p or 0.0 for p in p99s), default=None), "segments": list(segments),
+            "failures": failures}
 
 
 def _replaced(ts: TorchServe, model: str, count: int, killed_pid: int) -> dict[str, dict[str, Any]] | None:
@@ -485,7 +573,8 @@ def one_line(doc: dict[str, Any]) -> str:
            if "bad_inputs" in doc else "")
     p99s = " ".join(cell(p) for p in t["p99_ms_per_segment"])
     return (f"soak {doc['model']}: {t['sent']} requests at {t['mean_rate']}/s{bad}, {t['failed']} failed, p99 per "
-            f"segment {p99s} ms, {memory}{kill_text(doc.get('kill'))}: {verdict}")
+            f"segment {p99s} ms, {memory}{kill_text(doc.get('kill'))}{beside_text(doc.get('beside_kills'))}: "
+            f"{verdict}")
 
 
 def kill_text(kill: dict[str, Any] | None) -> str:
@@ -495,6 +584,13 @@ def kill_text(kill: dict[str, Any] | None) -> str:
             if kill["recovery_s"] is not None else "NOT back")
     return (f"; worker {kill['worker']} killed: {back}, {kill['lost']} lost (limit {kill['lost_limit']}), "
             f"{kill['refused_503']} refused 503")
+
+
+def beside_text(beside: dict[str, Any] | None) -> str:
+    if not beside or not beside["seconds"]:
+        return ""
+    return (f"; beside the other kills {beside['seconds']:g} s: {beside['failed']} failed, "
+            f"worst p99 {cell(beside['p99_ms_worst_segment'])} ms")
 
 
 # ---------------------------------------------------------------------------------------------- several models
@@ -518,7 +614,19 @@ def combine(docs: Sequence[dict[str, Any]]) -> dict[str, Any]:
             "soak_phases_together_s": together,
             "kills_after_every_soak": (all(k >= max(end for _, end in spans) for k in kills)
                                        if kills and spans else None),
+            "kills_one_at_a_time": kills_apart([d["kill"] for d in docs if d.get("kill")]),
             "passed": bool(docs) and not failures, "failures": failures, "soaks": list(docs)}
+
+
+def kills_apart(kills: Sequence[dict[str, Any]]) -> bool | None:
+    """Whether no two kills overlapped, each from its window's start until its worker was back (or its window's
+    end, when later); None for fewer than two kills (or kills recorded without their times)."""
+    if len(kills) < 2 or not all({"killed_at", "killed_after_s", "window"} <= k.keys() for k in kills):
+        return None
+    spans = sorted((k["killed_at"] - k["killed_after_s"],
+                    k["killed_at"] + max(k.get("recovery_s") or float("inf"),
+                                         k["window"]["window_s"] - k["killed_after_s"])) for k in kills)
+    return all(end <= start for (_, end), (start, _) in zip(spans, spans[1:]))
 
 
 # ---------------------------------------------------------------------------------------------- command line
@@ -550,6 +658,9 @@ def add_commands(commands: Commands) -> None:
                    help="seconds from the kill for the worker to be back (default 300)")
     p.add_argument("--alongside", action="append", default=[], metavar="MODEL",
                    help="a model soaked at the same time on this TorchServe (recorded in the result; repeatable)")
+    p.add_argument("--kill-turns", default=None, metavar="DIR",
+                   help="a directory shared by soaks run together (with --alongside): their kills take turns, "
+                        "each under every model's load")
     add_payload_arguments(p)
     p.add_argument("--out", type=Path, default=None, help="write the result JSON here")
 
@@ -575,7 +686,8 @@ def _soak(ts: TorchServe, args: Any) -> int:
                         segment_s=args.segment_s, processes=args.processes, timeout_s=args.timeout,
                         max_growth=args.max_growth, bad_fraction=args.bad_fraction, kill_worker=args.kill_worker,
                         kill_after_s=args.kill_after_s, kill_window_s=args.kill_window_s,
-                        recovery_timeout_s=args.recovery_timeout_s, alongside=tuple(args.alongside))
+                        recovery_timeout_s=args.recovery_timeout_s, alongside=tuple(args.alongside),
+                        kill_turns=args.kill_turns)
     doc: dict[str, Any] = {"schema": SCHEMA, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "card": describe_card(),
                            "versions": software_versions(), "command": args.command_line, "payload": payload_desc}
     try:

@@ -10,7 +10,7 @@ import pytest
 from tests.fake_context import FakeContext
 from torchserve_accel.serving.handler import ModelHandler, encode_responses
 from torchserve_accel.serving.requests import (
-    MAX_MESSAGE_CHARS, RequestError, Slots, describe_keys, first_error, parse_json,
+    MAX_MESSAGE_CHARS, RequestError, Slots, binary_parts, describe_keys, first_error, parse_json, request_payload,
 )
 
 
@@ -34,6 +34,21 @@ def test_json_the_frontend_did_not_parse_is_a_400(body, words):
         parse_json(body, "{...}")
     assert err.value.status == 400 and words in err.value.message
     assert parse_json(bytearray(b'{"a": [1]}'), "{...}") == {"a": [1]}
+
+
+def test_parts_named_by_their_index_come_in_the_numbers_order():
+    # gRPC Predictions entries arrive in whatever order the client's map serialized them
+    shuffled = {"10": b"k", "2": b"c", "0": b"a", "1": b"b", "3": b"d", "4": b"e", "5": b"f", "6": b"g", "7": b"h",
+                "8": b"i", "9": b"j"}
+    assert binary_parts(shuffled) == tuple(bytes([c]) for c in b"abcdefghijk")  # 10 after 9, not after 1
+    assert request_payload(shuffled) == b"a"  # no "data": the first of the list
+    assert request_payload({"0": b"only"}) == b"only"
+    # other names keep the order they came in (multipart parts), one index among names changes nothing
+    assert binary_parts({"image1": b"x", "image0": b"y"}) == (b"x", b"y")
+    assert binary_parts({"b": b"x", "0": b"y", "a": b"z"}) == (b"x", b"y", b"z")
+    assert binary_parts({"1": b"x", "٠": b"y"}) == (b"x", b"y")  # digits other than ASCII are no index
+    assert binary_parts({"1": b"x", "0": b"", "data": "text"}) == (b"x",)  # empty and text fields are no parts
+    assert request_payload({"data": b"d", "0": b"z"}) == b"d"
 
 
 def test_slots_keep_every_item_in_its_place():

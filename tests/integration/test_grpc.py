@@ -31,7 +31,7 @@ from typing import Any, Callable
 
 import pytest
 
-from tests.integration.grpc_stubs import Stubs, bearer, compile_stubs
+from torchserve_accel.tools.grpc_stubs import Stubs, bearer, compile_stubs
 from tests.integration.serving import log, ready_workers, running_torchserve
 from tests.integration.test_bad_inputs import jpeg, model_store, tiny_bert_archive, worker_pids
 from torchserve_accel.tools.launch import read_properties
@@ -173,6 +173,54 @@ def test_resnet_answers_equal_the_rest_api(served):
     for rest, over_grpc in (answers[0:2], answers[2:4]):
         assert "error" not in over_grpc[1]
         assert_close(request_part(over_grpc[1]), request_part(rest[1]))
+
+
+def multipart(parts: list[tuple[str, bytes]]) -> tuple[bytes, str]:
+    from urllib3 import encode_multipart_formdata
+
+    return encode_multipart_formdata([(name, (f"{name}.jpg", blob, "image/jpeg")) for name, blob in parts])
+
+
+def results_of(answer: tuple[Any, Any]) -> list[Any]:
+    status, body = answer
+    assert status in (200, grpc.StatusCode.OK) and "results" in body, answer
+    return body["results"]
+
+
+def close(a: Any, b: Any) -> bool:
+    try:
+        assert_close(a, b)
+    except AssertionError:
+        return False
+    return True
+
+
+def test_several_images_as_entries_named_by_index_are_answered_in_that_order(served):
+    """Twelve images as Predictions entries "0".."11" (the client's map sends them shuffled; "10" must come after
+    "9", not after "1"), and a call with entry "5" not an image: answered as the REST multipart requests of the same
+    images in that order, one result or error per image. Four calls at once: one batch."""
+    blobs = [jpeg(40 + i) for i in range(12)]
+    with_bad = [*blobs[:5], b"not an image", *blobs[6:]]
+
+    def over_grpc(images: list[bytes]) -> tuple[Any, Any]:
+        request = served.stubs.inference.PredictionsRequest(model_name=RESNET,
+                                                            input={str(i): b for i, b in enumerate(images)})
+        answer = served.inference.Predictions(request, metadata=served.key(), timeout=300)
+        return grpc.StatusCode.OK, json.loads(answer.prediction)
+
+    def over_rest(images: list[bytes]) -> tuple[Any, Any]:
+        return served.rest(RESNET, *multipart([(f"image{i}", b) for i, b in enumerate(images)]))
+
+    answers = at_once([lambda: over_grpc(blobs), lambda: over_rest(blobs), lambda: over_grpc(with_bad),
+                       lambda: over_rest(with_bad)])
+    grpc_all, rest_all, grpc_bad, rest_bad = (results_of(a) for a in answers)
+    assert len(grpc_all) == len(grpc_bad) == 12
+    assert not any(close(grpc_all[i], grpc_all[i + 1]) for i in range(11)), "images too alike to check the order"
+    assert_close(grpc_all, rest_all)
+    assert grpc_bad[5]["status"] in (400, 415) and "error" in grpc_bad[5], grpc_bad[5]
+    assert_close(grpc_bad, rest_bad)
+    assert_close(grpc_bad[:5] + grpc_bad[6:], grpc_all[:5] + grpc_all[6:])
+    assert [answers[i][1]["batch_size"] for i in range(4)] == [4] * 4, "the four did not share a batch"
 
 
 def test_bert_text_answers_equal_the_rest_api(served):

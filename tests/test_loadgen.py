@@ -1,6 +1,7 @@
 """Unit tests of the load generator's maths and parsers (torchserve_accel/tools/loadgen/) and the sweep's reports
 (tools/sweep.py): percentiles and window summaries, Prometheus text, HTTP response heads, payloads, the keep-alive
-client against a tiny local server, best-point choice and combined reports. Fast, no TorchServe."""
+client against a tiny local server, gRPC requests, statuses and client against a local grpc.aio server, best-point
+choice and combined reports. Fast, no TorchServe."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ import pytest
 
 from torchserve_accel.tools import sweep
 from torchserve_accel.tools.cli import build_parser
-from torchserve_accel.tools.launch import free_ports
+from torchserve_accel.tools.endpoints import TorchServeAt
+from torchserve_accel.tools.launch import TorchServeError, free_ports
 from torchserve_accel.tools.loadgen import driver, http, payloads, probes, stats
 from torchserve_accel.tools.loadgen.stats import Records, percentile
 from torchserve_accel.tools.prometheus import Sample, metric_sum
@@ -308,6 +310,137 @@ def test_connection_error_when_nothing_listens():
     assert stats.status_name(stats.STATUS_CONNECTION) == "connection_error"
 
 
+# ---------------------------------------------------------------------------------------------- gRPC
+
+
+@pytest.fixture(scope="module")
+def stubs_dir(tmp_path_factory):
+    pytest.importorskip("grpc_tools", reason="grpcio-tools is not installed (pip install -e .[dev])")
+    from torchserve_accel.tools.grpc_stubs import compile_stubs
+
+    out = tmp_path_factory.mktemp("grpc-stubs")
+    compile_stubs(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def grpc_stubs(stubs_dir):
+    from torchserve_accel.tools.grpc_stubs import import_stubs
+
+    return import_stubs(stubs_dir)
+
+
+def _inputs(stubs, raw):
+    request = stubs.inference.PredictionsRequest.FromString(raw)
+    return request.model_name, dict(request.input)
+
+
+def test_grpc_requests_carry_each_image_of_a_group_as_an_indexed_entry(grpc_stubs):
+    from torchserve_accel.tools.loadgen.grpc_client import prebuilt_requests
+
+    images = [payloads.Payload(bytes([k]) * (10 + k), "image/jpeg", f"i{k}") for k in range(16)]
+    groups = payloads.per_request(images, 16)
+    assert groups[1].items == tuple(p.body for p in images[1:] + images[:1])  # each item's own bytes, in order
+    json_groups = payloads.per_request(images, 16, image_format="json")
+    texts = payloads.text_payloads(3, seed=1)
+    text_group = payloads.per_request(texts, 3)[0]
+    assert text_group.items == () and texts[0].items == ()  # texts travel as one JSON body
+    raws = prebuilt_requests(grpc_stubs, "m", [groups[1], json_groups[1], images[0], texts[0], text_group])
+    for raw in raws[:2]:
+        model, entries = _inputs(grpc_stubs, raw)
+        assert model == "m" and sorted(entries, key=int) == [str(k) for k in range(16)]
+        assert [entries[str(k)] for k in range(16)] == list(groups[1].items)
+    assert _inputs(grpc_stubs, raws[2]) == ("m", {"data": images[0].body})
+    assert json.loads(_inputs(grpc_stubs, raws[3])[1]["data"]) == json.loads(texts[0].body)
+    assert json.loads(_inputs(grpc_stubs, raws[4])[1]["data"])["texts"] == [json.loads(t.body)["text"] for t in texts]
+
+
+def test_grpc_statuses_for_answers_and_failed_calls(grpc_stubs):
+    grpc = pytest.importorskip("grpc")
+    from torchserve_accel.tools.loadgen.grpc_client import answer_status, code_status
+
+    response = grpc_stubs.inference.PredictionResponse
+
+    def answer(prediction: bytes) -> bytes:
+        return response(prediction=prediction).SerializeToString()
+
+    assert answer_status(answer(b'{"label": "tabby", "score": 0.9}'), response) == 200
+    assert answer_status(answer(b'{"error": "not an image", "status": 415}'), response) == 415  # a refusal
+    assert answer_status(answer(b'{"error": "no status"}'), response) == 500
+    assert answer_status(answer(b'{"outputs": {"error": "a field of the answer"}}'), response) == 200
+    assert answer_status(answer(b'"error" in a text that is no JSON {'), response) == 200
+    assert answer_status(b'"error" but no PredictionResponse', response) == stats.STATUS_CONNECTION
+    assert code_status(grpc.StatusCode.DEADLINE_EXCEEDED) == stats.STATUS_TIMEOUT
+    assert code_status(grpc.StatusCode.UNAVAILABLE) == stats.STATUS_CONNECTION
+    others = [code for code in grpc.StatusCode if code not in (grpc.StatusCode.OK, grpc.StatusCode.DEADLINE_EXCEEDED,
+                                                               grpc.StatusCode.UNAVAILABLE)]
+    assert len({code_status(code) for code in others}) == len(others) == 14
+    for code in others:
+        assert code_status(code) < stats.STATUS_CONNECTION
+        assert stats.status_name(code_status(code)) == "grpc_" + code.name.lower()  # e.g. grpc_internal
+    assert not stats.is_4xx(stats.status_name(code_status(grpc.StatusCode.INTERNAL)))
+
+
+def test_grpc_transport_is_an_option_of_bench_and_sweep_for_an_instance_of_a_run_directory():
+    assert build_parser().parse_args(["bench", "m"]).transport == "http"
+    assert build_parser().parse_args(["bench", "m", "--transport", "grpc"]).transport == "grpc"
+    assert build_parser().parse_args(["sweep", "run", "m", "--transport", "grpc"]).transport == "grpc"
+    by_url = TorchServeAt({"inference": "http://127.0.0.1:8080"})
+    payload = [payloads.Payload(b"x", "application/octet-stream")]
+    with pytest.raises(TorchServeError, match="run directory"):
+        driver._check(by_url, payload, driver.LoadConfig(transport="grpc"))
+    with pytest.raises(ValueError, match="transport"):
+        driver._check(by_url, payload, driver.LoadConfig(transport="h3"))
+    assert driver._check(by_url, payload, driver.LoadConfig(processes=2)) == 2
+
+
+def test_grpc_connection_against_a_local_server(grpc_stubs, stubs_dir):
+    """The client against a grpc.aio server of the same method: the key in the metadata, answers, a refusal in the
+    body, a failed call, a deadline, and several calls at once on one channel."""
+    grpc = pytest.importorskip("grpc")
+    from torchserve_accel.tools.grpc_stubs import bearer
+    from torchserve_accel.tools.loadgen.grpc_client import PREDICTIONS, GrpcChannels, GrpcTarget, prebuilt_requests
+
+    seen = []
+
+    async def predictions(raw, context):
+        request = grpc_stubs.inference.PredictionsRequest.FromString(raw)
+        seen.append((dict(context.invocation_metadata()).get("authorization"), sorted(request.input)))
+        body = request.input.get("data", b"")
+        if body == b"slow":
+            await asyncio.sleep(5)
+        if body == b"fail":
+            await context.abort(grpc.StatusCode.INTERNAL, "Model not found")
+        prediction = b'{"error": "bad", "status": 422}' if body == b"bad" else b'{"bytes": 1}'
+        return grpc_stubs.inference.PredictionResponse(prediction=prediction).SerializeToString()
+
+    service, method = PREDICTIONS.strip("/").split("/")
+    handler = grpc.method_handlers_generic_handler(service, {method: grpc.unary_unary_rpc_method_handler(predictions)})
+    bodies = [b"good", b"bad", b"fail", b"slow"]
+    raws = prebuilt_requests(grpc_stubs, "m", [payloads.Payload(b, "application/octet-stream") for b in bodies])
+
+    async def scenario():
+        server = grpc.aio.server()
+        server.add_generic_rpc_handlers((handler,))
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        channels = GrpcChannels("127.0.0.1", port, GrpcTarget(str(stubs_dir), bearer("KEY"), 2))
+        conns = [channels.connection() for _ in range(3)]
+        await asyncio.gather(*(c.connect() for c in conns))
+        statuses = [await conns[0].send(raw, 5.0) for raw in raws[:3]]
+        timed_out = await conns[1].send(raws[3], 0.3)
+        together = await asyncio.gather(*(c.send(raws[0], 5.0) for c in conns))
+        await channels.close()
+        await server.stop(None)
+        return statuses, timed_out, together, {id(c.channel) for c in conns}
+
+    statuses, timed_out, together, channels_used = asyncio.run(scenario())
+    assert statuses == [200, 422, stats.STATUS_GRPC - grpc.StatusCode.INTERNAL.value[0]]
+    assert timed_out == stats.STATUS_TIMEOUT and together == [200, 200, 200]
+    assert len(channels_used) == 2  # the connections take the channels in turn
+    assert {auth for auth, _ in seen} == {"Bearer KEY"} and seen[0][1] == ["data"]
+
+
 # ---------------------------------------------------------------------------------------------- payloads
 
 
@@ -376,6 +509,8 @@ def test_several_items_per_request_take_each_item_in_turn():
         payloads.per_request(texts, 0)
     _, desc = payloads.build_payloads("resnet101", images=2, items_per_request=4)
     assert desc["items_per_request"] == 4
+    assert driver.sent_as(desc, "grpc")["image_format"] == "grpc input entries"
+    assert driver.sent_as(desc, "http") == {**desc, "transport": "http"}
 
 
 def test_gpu_utilization_is_null_without_a_gpu(monkeypatch):
@@ -453,6 +588,9 @@ def test_combine_ratios_and_table(tmp_path):
     assert "| ours-resnet101-closed | 4 | 64 | 5 | 64 in flight | 12000 |" in text
     assert "9600/s open" in text
     assert "speedup: 30.0x" in text and "failed steps: sweep (rc 124)" in text and "skipped steps: load-bert" in text
+    over_grpc = _document("ours-resnet101-grpc", 12000, 60)
+    over_grpc["config"]["load"]["transport"] = "grpc"
+    assert "| 64 in flight gRPC |" in sweep.markdown_table([sweep.point_summary(over_grpc)])
 
 
 def test_a_run_that_serves_nothing_or_errs_fails_the_check(tmp_path, capsys):

@@ -1,6 +1,7 @@
 """The load generator (``torchserve-accel bench``) and the sweep against a real TorchServe serving the echo test handler
 (tests/integration/echo_handler.py): closed loop through the CLI (JSON written), open loop with per-request
-4xx counted by status, and a two-point sweep. Loopback only, free ports, about 20-30 s on 2 cores.
+4xx counted by status, a two-point sweep, and gRPC ``Predictions`` calls (``--transport grpc``) with a refusal
+counted by the status in its body. Loopback only, free ports, about 30-40 s on 2 cores.
 
 The figures are checked for being written and agreeing with each other, never against speeds: how many requests
 a window holds, how fast they are answered and how late an arrival leaves depend on how busy the machine is.
@@ -112,3 +113,41 @@ def test_up_registers_with_batching_and_scales(echo):
         assert main(["sweep", "wait", "echo_up", "--workers", "2", "--run-dir", str(echo.run_dir)]) == 0
     finally:
         sweep.unregister_and_wait(echo, "echo_up", log=print)
+
+
+def test_grpc_transport_counts_answers_and_refusals(echo, tmp_path):
+    """``bench --transport grpc``: Predictions calls on the instance's gRPC port, a group's images as entries "0",
+    "1" (the echo model answers entry "0"'s length); a body the handler refuses is answered gRPC OK with
+    ``{"error": ..., "status": 422}`` and recorded as 422."""
+    pytest.importorskip("grpc_tools", reason="grpcio-tools is not installed (pip install -e .[dev])")
+    import grpc
+
+    from torchserve_accel.tools.grpc_stubs import bearer, compile_stubs
+    from torchserve_accel.tools.loadgen.grpc_client import PREDICTIONS, prebuilt_requests
+
+    pair = loadgen.Payload(b"p", "multipart/form-data", items=(b"x" * 1000, b"y" * 10))
+    stubs = compile_stubs(tmp_path / "stubs")
+    (raw,) = prebuilt_requests(stubs, "echo", [pair])
+    with grpc.insecure_channel(f"127.0.0.1:{echo.info.grpc_ports[0]}") as channel:
+        answer = channel.unary_unary(PREDICTIONS)(raw, metadata=bearer(echo.keys()["inference"]), timeout=60)
+    assert json.loads(stubs.inference.PredictionResponse.FromString(answer).prediction)["bytes"] == 1000
+
+    good = loadgen.Payload(b"x" * 1000, "application/octet-stream")
+    bad = loadgen.Payload(b"bad", "application/octet-stream")  # the echo handler answers 422 for this one body
+    config = loadgen.LoadConfig(concurrency=4, processes=2, warmup_s=0.5, duration_s=2.5, transport="grpc")
+    r = loadgen.run_load(echo, "echo", [good, pair, bad], config, log=print)
+    assert r["completed"] > 0 and r["started"] > 0 and r["client"]["failures"] == []
+    assert list(r["errors"]) == ["422"] and 0 < r["errors"]["422"] < r["started"]
+    assert r["latency_ok_ms"]["count"] == r["started"] - r["errors"]["422"]
+    assert r["server"]["handler_batched_requests"] > 0  # the calls reached the handler
+
+    out = tmp_path / "grpc.json"
+    rc = main(["bench", "echo", "--run-dir", str(echo.run_dir), "--images", "4", "--per-request", "2",
+               "--transport", "grpc", "--concurrency", "4", "--processes", "1", "--warmup", "0.5", "--duration", "2",
+               "--out", str(out)])
+    assert rc == 0
+    document = json.loads(out.read_text())
+    assert document["label"] == "echo-closed-grpc" and document["config"]["load"]["transport"] == "grpc"
+    assert document["config"]["payload"]["image_format"] == "grpc input entries"
+    r = document["results"]
+    assert r["errors"] == {} and r["completed"] > 0 and r["ok_items_per_s"] == pytest.approx(2 * r["ok_rps"])

@@ -13,7 +13,8 @@
     client.py       concurrent predictions from files and texts
     images.py       synthetic photo-like test images
     demo.py         the main job: build, serve and query ResNet-101 (and BERT-Large)
-    loadgen/        the load generator: payloads, HTTP client, load processes, probes, statistics, driver
+    loadgen/        the load generator: payloads, HTTP and gRPC clients, load processes, probes, statistics, driver
+    grpc_stubs.py   Python stubs for TorchServe's gRPC APIs, compiled from the protos in its jar
     soak.py         steady load for minutes: no failure, no restart, bounded memory; bad inputs mixed in, a
                     worker killed under load, soaks of several models combined
     sweep.py        benchmark archives, worker waits, sweeps over workers x batching, combined reports

@@ -36,7 +36,7 @@ from torchserve_accel.tools.commands import Commands
 from torchserve_accel.tools.launch import TorchServeError
 from torchserve_accel.tools.loadgen import SCHEMA as LOADGEN_SCHEMA
 from torchserve_accel.tools.loadgen import LoadConfig, Payload, build_payloads, one_line, run_and_record
-from torchserve_accel.tools.loadgen.driver import default_processes
+from torchserve_accel.tools.loadgen.driver import TRANSPORTS, default_processes
 from torchserve_accel.tools.loadgen.probes import describe_card
 from torchserve_accel.tools.loadgen.stats import cell
 from torchserve_accel.tools.paths import WORKDIR, data_file
@@ -192,6 +192,7 @@ def point_summary(document: dict) -> dict:
         "max_batch_delay": point.get("max_batch_delay", server.get("maxBatchDelay")),
         "concurrency": load.get("concurrency") if not load.get("rate") else None,
         "rate": load.get("rate") or None,
+        "transport": load.get("transport", "http"),
         "ok_rps": r.get("ok_rps"),
         "items_per_request": ((document.get("config") or {}).get("payload") or {}).get("items_per_request", 1),
         "ok_items_per_s": r.get("ok_items_per_s", r.get("ok_rps")),
@@ -367,6 +368,7 @@ def markdown_table(points: list[dict]) -> str:
                          f"{cell(p.get('max_batch_delay'))} | | error: {str(p.get('error'))[:80]} ||||||||")
             continue
         load = f"{p['rate']:.0f}/s open" if p.get("rate") else f"{p.get('concurrency')} in flight"
+        load += " gRPC" if p.get("transport") == "grpc" else ""
         errors = ", ".join(f"{k}:{v}" for k, v in (p.get("errors") or {}).items()) or "0"
         per = p.get("items_per_request") or 1
         items = f"{p['ok_items_per_s']:.0f}" + (f" ({per}/req)" if per > 1 else "")
@@ -464,6 +466,8 @@ def add_commands(commands: Commands) -> None:
     p.add_argument("--per-request", type=int, default=1, metavar="N", help="images or texts per request")
     p.add_argument("--per-request-format", choices=("multipart", "json"), default="multipart",
                    help="several images as multipart parts or a JSON list of base64 strings")
+    p.add_argument("--transport", choices=TRANSPORTS, default="http",
+                   help="REST over HTTP/1.1, or gRPC Predictions calls (each image an entry of the input map)")
     p.add_argument("--budget-s", type=float, default=None, help="skip points that would end after this")
     p.add_argument("--start-timeout", type=float, default=600, help="seconds for workers to become READY")
     p.add_argument("--out-dir", type=Path, default=WORKDIR / "benchmarks" / "results" / "sweep")
@@ -511,7 +515,8 @@ def _up(ts: TorchServe, args: Any) -> None:
 def _run(ts: TorchServe, args: Any) -> int:
     payloads, desc = build_payloads(args.model, texts=args.texts, images=None if args.texts else args.images,
                                     items_per_request=args.per_request, image_format=args.per_request_format)
-    base = LoadConfig(processes=args.processes, warmup_s=args.warmup, duration_s=args.duration, timeout_s=args.timeout)
+    base = LoadConfig(processes=args.processes, warmup_s=args.warmup, duration_s=args.duration, timeout_s=args.timeout,
+                      transport=args.transport)
     summary = run_sweep(ts, args.model, args.archive or f"{args.model}.mar", args.workers, args.batch_sizes,
                         args.delays, payloads, desc, base, args.concurrency, args.per_slot, args.p99_bound_ms,
                         args.out_dir, args.budget_s, args.start_timeout, _log)

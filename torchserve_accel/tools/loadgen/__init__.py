@@ -1,10 +1,12 @@
-"""Load generator for a TorchServe model's REST inference API: real payloads, closed or open loop, many processes.
+"""Load generator for a TorchServe model's inference API (REST, or gRPC ``Predictions``): real payloads, closed or
+open loop, many processes.
 
     torchserve-accel bench resnet101 --concurrency 512 --duration 20 --out r.json        # closed loop
     torchserve-accel bench resnet101 --rate 8000 --duration 20 --out r.json              # open loop (Poisson)
     torchserve-accel bench bert_large --texts 512 --concurrency 256                      # JSON {"text": ...}
     torchserve-accel bench resnet101 --image-dir photos/ --processes 8                   # your own images
     torchserve-accel bench resnet101 --per-request 16 --concurrency 96                   # 16 JPEGs per request
+    torchserve-accel bench resnet101 --per-request 16 --transport grpc                   # the same as gRPC calls
 (``python scripts/loadgen.py ...`` runs the same)
 
 Payloads (payloads.py): ImageNet-like 500x375 JPEGs at quality 90 (``images.make_image`` plus grain) or files from
@@ -16,7 +18,8 @@ Load (loops.py, http.py): ``--processes`` OS processes, each an asyncio event lo
 HTTP/1.1 connections (loopback only unless ``--allow-remote``; plain HTTP), so the client is not the bottleneck
 (each process reports its CPU use). Closed loop: ``--concurrency`` requests always in flight, split over the
 processes. Open loop: Poisson arrivals at ``--rate`` requests/s in total; latency counts from the scheduled
-arrival, so a client-side wait for a free connection is part of it (no coordinated omission).
+arrival, so a client-side wait for a free connection is part of it (no coordinated omission). ``--transport grpc``
+(grpc_client.py, ``--run-dir`` only): ``Predictions`` calls on a few channels per process, an image per input entry.
 
 Timeline (driver.py): ``--warmup`` seconds of load that are not measured, then ``--duration`` seconds measured; no
 new request after that, and each request is bounded by ``--timeout``. ``--max-requests`` caps the total count (the
@@ -24,13 +27,13 @@ window then ends when the first process reaches its share).
 
 Figures (JSON with ``--out``; stats.py, probes.py): throughput (all answers and 200s only, completed inside the
 window), latency p50/p90/p99/max of requests started inside the window, errors by HTTP status ("timeout",
-"connection_error" for client-side failures), the mean batch size the handlers ran (the increments of the
-Prometheus counters HandlerBatches and HandlerBatchedRequests over the window), TorchServe's mean queue and
-inference latency per request (ts_* counters), GPU utilization sampled through NVML or nvidia-smi (null without
-either), host and TorchServe CPU time, the card, software versions and the command. Keys come from the instance's
-key_file.json (``--run-dir``). Any other TorchServe: ``--url``, ``--token-file``, and ``--management-url`` (the
-model's batching and workers in the result) and ``--metrics-url`` (batch sizes, queue times) where they can be
-reached (endpoints.py); the GPU and CPU figures are this machine's.
+"connection_error" for client-side failures, "grpc_internal" and the like for failed gRPC calls), the mean batch
+size the handlers ran (the increments of the Prometheus counters HandlerBatches and HandlerBatchedRequests over the
+window), TorchServe's mean queue and inference latency per request (ts_* counters), GPU utilization sampled through
+NVML or nvidia-smi (null without either), host and TorchServe CPU time, the card, software versions and the command.
+Keys come from the instance's key_file.json (``--run-dir``). Any other TorchServe: ``--url``, ``--token-file``, and
+``--management-url`` (the model's batching and workers in the result) and ``--metrics-url`` (batch sizes, queue
+times) where they can be reached (endpoints.py); the GPU and CPU figures are this machine's.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ from typing import Any
 
 from torchserve_accel.tools.commands import Commands
 from torchserve_accel.tools.loadgen.driver import (
-    SCHEMA, LoadConfig, default_processes, one_line, run_and_record, run_load,
+    SCHEMA, TRANSPORTS, LoadConfig, default_processes, one_line, run_and_record, run_load,
 )
 from torchserve_accel.tools.loadgen.payloads import Payload, build_payloads
 from torchserve_accel.tools.torchserve import TorchServe
@@ -98,6 +101,8 @@ def add_commands(commands: Commands) -> None:
     p.add_argument("--timeout", type=float, default=60.0, help="seconds per request (default 60)")
     p.add_argument("--max-requests", type=int, default=0, help="cap on requests sent in total (0: none)")
     p.add_argument("--max-connections", type=int, default=0, help="open loop: connections per process")
+    p.add_argument("--transport", choices=TRANSPORTS, default="http",
+                   help="REST over HTTP/1.1 (default), or gRPC Predictions calls (an image per input entry)")
     add_payload_arguments(p)
     p.add_argument("--label", default=None, help="name of this run in tables and plots")
     p.add_argument("--out", type=Path, default=None, help="write the result JSON here")
@@ -107,7 +112,7 @@ def _bench(ts: TorchServe, args: Any) -> int:
     payloads, desc = payloads_from(args, args.model)
     config = LoadConfig(concurrency=args.concurrency, rate=args.rate, processes=args.processes, warmup_s=args.warmup,
                         duration_s=args.duration, timeout_s=args.timeout, max_requests=args.max_requests,
-                        max_connections=args.max_connections, seed=args.seed)
+                        max_connections=args.max_connections, seed=args.seed, transport=args.transport)
     ts.url("inference")  # fails early without an instance
     document = run_and_record(ts, args.model, payloads, config, desc, label=args.label, command=args.command_line,
                               log=lambda m: print(m, flush=True))

@@ -1,5 +1,6 @@
-"""One load run from the parent's side: check the target, probe it once, start the load processes, measure the
-window (metrics, host CPU, GPUs), combine what the processes recorded, and the result document around it."""
+"""One load run from the parent's side: check the target, probe it once, prebuild the requests (HTTP/1.1, or gRPC
+``Predictions`` calls), start the load processes, measure the window (metrics, host CPU, GPUs), combine what the
+processes recorded, and the result document around it."""
 
 from __future__ import annotations
 
@@ -8,11 +9,11 @@ import os
 import sys
 import time
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Literal, Sequence, get_args
 from urllib.parse import urlsplit
 
 from torchserve_accel.tools import Log
-from torchserve_accel.tools.endpoints import check_loopback
+from torchserve_accel.tools.endpoints import TorchServeAt, check_loopback
 from torchserve_accel.tools.launch import TorchServeError
 from torchserve_accel.tools.loadgen.http import raw_request
 from torchserve_accel.tools.loadgen.loops import LoadProcesses, ProcessSpec
@@ -25,6 +26,8 @@ from torchserve_accel.tools.torchserve import TorchServe
 
 SCHEMA = "torchserve-accel/loadgen/1"
 MAX_AUTO_CONNECTIONS = 512  # per open-loop process unless max_connections says otherwise
+Transport = Literal["http", "grpc"]  # REST over HTTP/1.1 (http.py), or gRPC Predictions calls (grpc_client.py)
+TRANSPORTS: tuple[str, ...] = get_args(Transport)
 
 
 @dataclass
@@ -38,6 +41,7 @@ class LoadConfig:
     max_requests: int = 0  # 0: bounded by time only
     max_connections: int = 0  # open loop, per process; 0: enough for 2 s of arrivals at the rate, >= 64
     seed: int = 0
+    transport: Transport = "http"
 
     @property
     def mode(self) -> str:
@@ -62,7 +66,7 @@ def run_load(ts: TorchServe, model: str, payloads: Sequence[Payload], config: Lo
         result["probe"] = probe_model(ts, model, next((p for p in payloads if not p.bad), payloads[0]),
                                       config.timeout_s)
     specs = _process_specs(ts, model, payloads, config, processes)
-    log(f"[loadgen] {model}: {config.mode} loop, "
+    log(f"[loadgen] {model}: {config.mode} loop{' over gRPC' if config.transport == 'grpc' else ''}, "
         + (f"{config.concurrency} in flight" if config.mode == "closed" else f"{config.rate:.0f} req/s Poisson")
         + f", {processes} process(es), {len(payloads)} payloads (mean "
         f"{sum(len(p.body) for p in payloads) / len(payloads) / 1000:.1f} KB), warm-up {config.warmup_s:g} s, "
@@ -91,7 +95,12 @@ def run_load(ts: TorchServe, model: str, payloads: Sequence[Payload], config: Lo
 
 def _check(ts: TorchServe, payloads: Sequence[Payload], config: LoadConfig) -> int:
     """Refuses what this load generator does not do; the number of load processes to run."""
-    inference_address(ts)
+    if config.transport not in TRANSPORTS:
+        raise ValueError(f"transport must be one of {', '.join(TRANSPORTS)}, got {config.transport!r}")
+    if config.transport == "grpc":
+        grpc_address(ts)
+    else:
+        inference_address(ts)
     if not payloads:
         raise ValueError("no payloads")
     if config.rate is not None and config.rate <= 0:
@@ -122,17 +131,37 @@ def inference_address(ts: TorchServe) -> tuple[str, int, str]:
     return parts.hostname or "127.0.0.1", parts.port or 80, parts.path.rstrip("/")
 
 
+def grpc_address(ts: TorchServe) -> tuple[str, int]:
+    """(host, port) of the gRPC inference API: the instance's inference host (the same loopback check) and its
+    gRPC port, which only an instance of a run directory knows."""
+    if isinstance(ts, TorchServeAt):
+        raise TorchServeError("--transport grpc needs the instance of a run directory (--run-dir): the gRPC port of "
+                              "a TorchServe given by URL is not known")
+    host, _, _ = inference_address(ts)
+    return host, int(ts.info.grpc_ports[0])
+
+
 def _process_specs(ts: TorchServe, model: str, payloads: Sequence[Payload], config: LoadConfig,
                    processes: int) -> list[ProcessSpec]:
-    host, port, prefix = inference_address(ts)
     key = ts.keys().get("inference")
-    raws = [raw_request(host, port, f"{prefix}/predictions/{model}", key, p) for p in payloads]
+    grpc = None
+    if config.transport == "grpc":
+        from torchserve_accel.tools.grpc_stubs import bearer, compile_stubs
+        from torchserve_accel.tools.loadgen.grpc_client import GrpcTarget, prebuilt_requests
+
+        host, port = grpc_address(ts)
+        stubs_dir = ts.run_dir / "grpc_stubs"  # from the installed TorchServe's jar, so they match its protos
+        raws = prebuilt_requests(compile_stubs(stubs_dir), model, payloads)
+        grpc = GrpcTarget(str(stubs_dir), bearer(key) if key else ())
+    else:
+        host, port, prefix = inference_address(ts)
+        raws = [raw_request(host, port, f"{prefix}/predictions/{model}", key, p) for p in payloads]
     concurrencies = split(config.concurrency, processes) if config.mode == "closed" else [0] * processes
     caps = split(config.max_requests, processes) if config.max_requests else [0] * processes
     per_rate = (config.rate or 0.0) / processes
     max_conns = config.max_connections or min(MAX_AUTO_CONNECTIONS, max(64, int(2 * per_rate)))
     return [ProcessSpec(i, host, port, raws, concurrencies[i], per_rate, max_conns, config.warmup_s,
-                        config.duration_s, config.timeout_s, caps[i], config.seed) for i in range(processes)]
+                        config.duration_s, config.timeout_s, caps[i], config.seed, grpc) for i in range(processes)]
 
 
 def _sleep_until(t: float) -> None:
@@ -174,11 +203,11 @@ def run_and_record(ts: TorchServe, model: str, payloads: Sequence[Payload], conf
                    log: Log = print) -> dict[str, Any]:
     """``run_load`` plus what a result file needs to stand alone: card, versions, command, configuration."""
     document: dict[str, Any] = {
-        "schema": SCHEMA, "label": label or f"{model}-{config.mode}",
+        "schema": SCHEMA, "label": label or f"{model}-{config.mode}" + ("-grpc" if config.transport == "grpc" else ""),
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "card": describe_card(), "versions": software_versions(),
         "command": command if command is not None else [sys.executable, *sys.argv],
-        "config": {"model": model, "mode": config.mode, "load": asdict(config), "payload": payload_desc,
-                   "server": describe_server(ts, model)},
+        "config": {"model": model, "mode": config.mode, "load": asdict(config),
+                   "payload": sent_as(payload_desc, config.transport), "server": describe_server(ts, model)},
     }
     try:
         document["results"] = results = run_load(ts, model, payloads, config, log=log)
@@ -190,6 +219,15 @@ def run_and_record(ts: TorchServe, model: str, payloads: Sequence[Payload], conf
     return document
 
 
+def sent_as(payload_desc: dict[str, Any], transport: str) -> dict[str, Any]:
+    """The payload description with the transport; over gRPC several images travel as entries of the input map,
+    whatever format their REST body had."""
+    desc = {**payload_desc, "transport": transport}
+    if transport == "grpc" and "image_format" in desc:
+        desc["image_format"] = "grpc input entries"
+    return desc
+
+
 def one_line(document: dict[str, Any]) -> str:
     """A short human summary of a result document."""
     r = document.get("results")
@@ -199,7 +237,8 @@ def one_line(document: dict[str, Any]) -> str:
     errors = ", ".join(f"{k}:{v}" for k, v in r["errors"].items()) or "none"
     per_request = document["config"]["payload"].get("items_per_request", 1)
     items = f" = {r['ok_items_per_s']:.0f} items/s ({per_request} per request)" if per_request > 1 else ""
-    return (f"{document.get('label')}: {r['ok_rps']:.0f} ok/s{items} ({r['throughput_rps']:.0f} answers/s), "
+    grpc = " over gRPC" if document["config"]["payload"].get("transport") == "grpc" else ""
+    return (f"{document.get('label')}: {r['ok_rps']:.0f} ok/s{items}{grpc} ({r['throughput_rps']:.0f} answers/s), "
             f"p50 {cell(lat['p50'])} p90 {cell(lat['p90'])} p99 {cell(lat['p99'])} ms, errors {errors}, "
             f"mean batch {cell(srv.get('mean_batch_size'))}, GPU busy "
             f"{cell(gpu.get('util_mean')) + '%' if gpu else 'n/a'}, client CPU max "

@@ -1,5 +1,6 @@
-"""The load processes: each an asyncio event loop with its own keep-alive connections, started together by the
-parent on one signal, running a closed or an open (Poisson) loop, and sending back its records."""
+"""The load processes: each an asyncio event loop with its own keep-alive connections (HTTP/1.1, or calls on a few
+gRPC channels), started together by the parent on one signal, running a closed or an open (Poisson) loop, and
+sending back its records."""
 
 from __future__ import annotations
 
@@ -13,11 +14,14 @@ import resource
 import signal
 import time
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from torchserve_accel.tools.launch import TorchServeError
 from torchserve_accel.tools.loadgen.http import Connection
 from torchserve_accel.tools.loadgen.stats import Records
+
+if TYPE_CHECKING:
+    from torchserve_accel.tools.loadgen.grpc_client import GrpcTarget
 
 
 @dataclass
@@ -34,6 +38,7 @@ class ProcessSpec:
     timeout_s: float
     max_requests: int  # this process's share; 0 = unbounded
     seed: int
+    grpc: GrpcTarget | None = None  # requests are gRPC Predictions calls (grpc_client.py); None: HTTP/1.1
 
 
 # ---------------------------------------------------------------------------------------------- inside a process
@@ -66,7 +71,7 @@ async def _closed_loop(spec: ProcessSpec, conns: list[Connection], start_at: flo
 
 
 async def _open_loop(spec: ProcessSpec, conns: list[Connection], start_at: float, records: Records,
-                     counters: dict) -> None:
+                     counters: dict, new_connection: Callable[[], Connection]) -> None:
     stop_at = start_at + spec.warmup_s + spec.duration_s
     window_start = start_at + spec.warmup_s
     idle: asyncio.Queue[Connection] = asyncio.Queue()
@@ -81,7 +86,7 @@ async def _open_loop(spec: ProcessSpec, conns: list[Connection], start_at: float
         nonlocal opened
         if idle.empty() and opened < spec.max_connections:
             opened += 1
-            conn = Connection(spec.host, spec.port)
+            conn = new_connection()
         else:
             conn = await idle.get()  # waits while every connection is busy: counted in the latency
         try:
@@ -127,14 +132,23 @@ def _raise_open_files_limit(needed: int) -> None:
 
 async def _run_process(spec: ProcessSpec, ready: Any, go: Any, start_value: Any) -> dict:
     _raise_open_files_limit(max(spec.concurrency, spec.max_connections) + 256)
+    channels = None
+    new_connection: Callable[[], Any] = lambda: Connection(spec.host, spec.port)  # noqa: E731
+    if spec.grpc is not None:  # connections are calls on the process's few channels
+        from torchserve_accel.tools.loadgen.grpc_client import GrpcChannels
+
+        channels = GrpcChannels(spec.host, spec.port, spec.grpc)
+        new_connection = channels.connection
     preopen = spec.concurrency if spec.concurrency else min(spec.max_connections, 16)
-    conns = [Connection(spec.host, spec.port) for _ in range(preopen)]
+    conns = [new_connection() for _ in range(preopen)]
     failed = 0
     for result in await asyncio.gather(*(c.connect() for c in conns), return_exceptions=True):
         failed += isinstance(result, BaseException)  # those reconnect (or fail) on first use
     ready.put(spec.index)
     loop = asyncio.get_running_loop()
     if not await loop.run_in_executor(None, go.wait, 120.0):
+        if channels is not None:
+            await channels.close()
         return {"index": spec.index, "error": "no start signal within 120 s"}
     start_at = start_value.value
     records = Records()
@@ -144,10 +158,12 @@ async def _run_process(spec: ProcessSpec, ready: Any, go: Any, start_value: Any)
     if spec.concurrency:
         await _closed_loop(spec, conns, start_at, records, counters)
     else:
-        await _open_loop(spec, conns, start_at, records, counters)
+        await _open_loop(spec, conns, start_at, records, counters, new_connection)
     usage1, wall1 = resource.getrusage(resource.RUSAGE_SELF), time.monotonic()
     for conn in conns:
         conn.close()
+    if channels is not None:
+        await channels.close()
     cpu = (usage1.ru_utime - usage0.ru_utime) + (usage1.ru_stime - usage0.ru_stime)
     return {"index": spec.index, "records": records, "sent": counters["sent"],
             "stopped_at": counters["stopped_at"], "lags": counters["lags"], "connections": counters["connections"],
@@ -171,7 +187,8 @@ class LoadProcesses:
 
     fork: children share the payloads without pickling them. (spawn would pickle each process's copy into a pipe
     that the parent itself keeps open, so a child dying at import would hang the parent.) Start these before any
-    thread of the parent (a GPU sampler): a fork copies no thread but can copy a lock one holds.
+    thread of the parent (a GPU sampler): a fork copies no thread but can copy a lock one holds. For the same
+    reason the parent opens no gRPC channel before forking (its probe goes over REST); each child opens its own.
     """
 
     def __init__(self, specs: Sequence[ProcessSpec]):

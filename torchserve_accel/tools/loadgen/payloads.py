@@ -26,6 +26,7 @@ class Payload:
     content_type: str
     name: str = ""
     bad: bool = False  # a malformed input: the right answer is a 4xx of its own, not 200
+    items: tuple[bytes, ...] = ()  # several images in one request: each one's bytes (gRPC sends them as entries)
 
 
 def photo_like_jpeg(seed: int, size: tuple[int, int] = (500, 375), quality: int = 90, grain: float = 0.17) -> bytes:
@@ -134,7 +135,8 @@ def per_request(payloads: Sequence[Payload], count: int, *, image_format: str = 
     """The same items, ``count`` per request: images as the parts of one multipart/form-data body (binary, no
     base64: what a client batching its own images sends), texts as ``{"texts": [...]}``. The items are taken in
     turn, so every item travels as often as the others; there are as many requests as payloads. ``image_format``
-    "json" sends images instead as a JSON list of base64 strings."""
+    "json" sends images instead as a JSON list of base64 strings. An image group also keeps its images' bytes
+    (``Payload.items``), for a transport that sends them one by one."""
     if image_format not in ("multipart", "json"):
         raise ValueError(f"image format must be 'multipart' or 'json', got {image_format!r}")
     if count < 1:
@@ -147,16 +149,17 @@ def per_request(payloads: Sequence[Payload], count: int, *, image_format: str = 
     for start in range(len(payloads)):
         items = [payloads[(start + k) % len(payloads)] for k in range(count)]
         name = f"{items[0].name}+{count - 1}"
+        images = tuple(p.body for p in items)
         if items[0].content_type == "application/json":
             body = json.dumps({"texts": [json.loads(p.body)["text"] for p in items]}).encode()
             grouped.append(Payload(body, "application/json", name))
         elif image_format == "json":
             body = json.dumps([base64.b64encode(p.body).decode() for p in items]).encode()
-            grouped.append(Payload(body, "application/json", name))
+            grouped.append(Payload(body, "application/json", name, items=images))
         else:
             fields = {f"image{k}": (p.name or f"image{k}", p.body, p.content_type) for k, p in enumerate(items)}
             body, content_type = encode_multipart_formdata(fields, boundary=f"torchserve-accel-{start:06d}")
-            grouped.append(Payload(body, content_type, name))
+            grouped.append(Payload(body, content_type, name, items=images))
     return grouped
 
 

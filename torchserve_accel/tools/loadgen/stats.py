@@ -10,6 +10,13 @@ from typing import Any, Iterable, Sequence
 STATUS_TIMEOUT = -1  # client-side outcomes recorded in place of an HTTP status
 STATUS_CONNECTION = -2
 STATUS_NAMES = {STATUS_TIMEOUT: "timeout", STATUS_CONNECTION: "connection_error"}
+# Every other failed gRPC call: STATUS_GRPC - the code's number, named after the code (grpc.StatusCode's order,
+# listed here so the figures need no grpcio).
+STATUS_GRPC = -100
+GRPC_CODES = ("ok", "cancelled", "unknown", "invalid_argument", "deadline_exceeded", "not_found", "already_exists",
+              "permission_denied", "resource_exhausted", "failed_precondition", "aborted", "out_of_range",
+              "unimplemented", "internal", "unavailable", "data_loss", "unauthenticated")
+STATUS_NAMES.update({STATUS_GRPC - number: f"grpc_{name}" for number, name in enumerate(GRPC_CODES) if number})
 
 
 @dataclass

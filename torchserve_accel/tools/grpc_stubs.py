@@ -1,5 +1,7 @@
-"""Python gRPC stubs for TorchServe 0.12's inference APIs, compiled at test time from the protos inside TorchServe's
-own frontend jar (so they always match the installed server; nothing generated is kept in the repository).
+"""Python gRPC stubs for TorchServe 0.12's inference APIs, compiled at run time from the protos inside TorchServe's
+own frontend jar (so they always match the installed server; nothing generated is kept in the repository). Needs
+grpcio and grpcio-tools (``pip install torchserve-accel[grpc]``); the load generator's ``--transport grpc`` and the
+gRPC tests use them.
 
     stubs = compile_stubs(tmp_dir)
     channel = grpc.insecure_channel("127.0.0.1:7070")
@@ -52,6 +54,12 @@ def compile_stubs(out_dir: Path, jar: Path | None = None) -> Stubs:
             f"--grpc_python_out={out_dir}", *PROTOS, "google/rpc/status.proto"]
     if protoc.main(args) != 0:
         raise RuntimeError(f"protoc failed: {' '.join(args)}")
+    return import_stubs(out_dir)
+
+
+def import_stubs(out_dir: Path) -> Stubs:
+    """The modules ``compile_stubs`` generated into ``out_dir`` (already imported ones as they are)."""
+    out_dir = Path(out_dir)
     if str(out_dir) not in sys.path:
         sys.path.insert(0, str(out_dir))  # the generated modules import each other (and google.rpc) by name
     importlib.invalidate_caches()

@@ -218,3 +218,24 @@ def test_beside_kills_judges_the_waiting_model_like_the_soak():
     assert judged["failures"] == ["beside the other models' kills: 3 failed good request(s)",
                                   "beside the other models' kills: 1 bad request(s) not answered 4xx: "
                                   "{'400': 1, '503': 1}"]
+
+
+# ---------------------------------------------------------------------------------------------- memory
+
+
+def _samples(rss_mb):
+    return [soak.MemorySample(t_s=5.0 * i, rss_bytes=int(mb * 2**20), rss_per_worker={}, frontend_rss_bytes=0,
+                              gpu=None) for i, mb in enumerate(rss_mb)]
+
+
+def test_memory_is_judged_on_a_trend_of_enough_samples():
+    leak = [100, 100, 101, 104, 108, 112, 116, 120, 124]  # grows all the time
+    memory, failures = soak.judge_memory(_samples(leak), max_growth=0.05)
+    assert failures and failures[0].startswith("worker RSS trends up") and memory["rss_growth"] > 0.05
+    step = [100, 108, 108, 108, 108, 108, 108, 108, 108]  # one early high-water mark, then flat
+    assert soak.judge_memory(_samples(step), max_growth=0.05)[1] == []
+    # four samples (a soak of three segments): one sample a third is no trend, whatever it shows
+    memory, failures = soak.judge_memory(_samples([100, 100, 101, 107]), max_growth=0.05)
+    assert failures == [] and memory["judged"].startswith("not judged: 4 samples, a trend needs 6")
+    assert memory["rss_growth"] > 0.05  # still reported
+    assert soak.judge_memory(_samples([100] * 5 + [120]), max_growth=0.05)[1]  # six: judged

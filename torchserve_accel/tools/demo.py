@@ -158,6 +158,9 @@ def serve_and_query(ts: TorchServe, model: str, items: list[tuple[str, bytes | s
 def run_demo(args: Any) -> int:
     args.bert = args.bert or args.bert_weights is not None
     signal.signal(signal.SIGTERM, _sigterm)
+    # Ctrl-C stops the server even when this was started with SIGINT ignored (a shell's background job inherits
+    # that, and Python then installs no KeyboardInterrupt handler): the server must never outlive the job
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
     import torch
 

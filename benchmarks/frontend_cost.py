@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 import tempfile
 import time
@@ -39,14 +40,13 @@ HANDLER = '''import json
 def handle(data, context):
     if data is None:
         return None
-    return [json.dumps({"fields": len(r), "bytes": sum(len(v) for v in r.values() if isinstance(v, (bytes, bytearray)))})
+    return [json.dumps({"fields": len(r), "bytes": sum(len(v) for v in r.values()
+                                                       if isinstance(v, (bytes, bytearray)))})
             for r in data]
 '''
 
 
 def build_archive(store: Path) -> None:
-    import subprocess
-
     handler = store.parent / "bytes_counter.py"
     handler.write_text(HANDLER)
     subprocess.run([sys.executable, "-m", "model_archiver.model_packaging", "--model-name", MODEL, "--version", "1.0",

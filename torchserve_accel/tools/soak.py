@@ -356,15 +356,21 @@ def run_soak(ts: TorchServe, model: str, payloads: Sequence[Payload], config: So
     return doc
 
 
+def bad_answers_of(phases: Sequence[dict[str, Any]]) -> dict[str, int]:
+    """The bad inputs' answers of these phases, counted by status name."""
+    answers: dict[str, int] = {}
+    for phase in phases:
+        for name, n in phase.get("bad_inputs", {}).get("answers", {}).items():
+            answers[name] = answers.get(name, 0) + n
+    return answers
+
+
 def soak_totals(doc: dict[str, Any], segments: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Sums over the soak's segments; failures and bad inputs over every phase before them too."""
     sent = sum(_sent(s) for s in segments)
     window = sum(s["window_s"] for s in segments)
     phases = [s for s in [*segments, doc["warmup"], doc.get("max_rate", {}), doc.get("burst", {})] if s]
-    bad_answers: dict[str, int] = {}
-    for phase in phases:
-        for name, n in phase.get("bad_inputs", {}).get("answers", {}).items():
-            bad_answers[name] = bad_answers.get(name, 0) + n
+    bad_answers = bad_answers_of(phases)
     p99s = [s["latency_ms"]["p99"] for s in segments]
     return {"sent": sent, "good_sent": sum(s["started"] for s in segments),
             "failed": sum(s["failed"] for s in phases),
@@ -463,10 +469,7 @@ def beside_kills(segments: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """What this model's requests got while other models' workers were killed: judged like the soak (no good
     request failed, every bad one 4xx)."""
     failed = sum(s["failed"] for s in segments)
-    bad_answers: dict[str, int] = {}
-    for segment in segments:
-        for name, n in segment.get("bad_inputs", {}).get("answers", {}).items():
-            bad_answers[name] = bad_answers.get(name, 0) + n
+    bad_answers = bad_answers_of(segments)
     bad_not_4xx = sum(n for name, n in bad_answers.items() if not is_4xx(name))
     failures = []
     if failed:

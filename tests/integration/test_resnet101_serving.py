@@ -11,9 +11,11 @@ import io
 import json
 import time
 import zipfile
+from pathlib import Path
 
 import pytest
 import requests
+import yaml
 from PIL import Image
 
 from torchserve_accel.tools.images import make_image
@@ -23,6 +25,7 @@ from tests.integration.serving import (
 )
 
 pytestmark = pytest.mark.integration
+REPO = Path(__file__).resolve().parents[2]
 MODEL = "resnet101"
 BATCH = 4
 DELAY_MS = 5000  # a batch closes when its fourth request is in; only a group that never fills waits this long
@@ -55,6 +58,13 @@ def test_workers_ready_with_batching(resnet):
     workers = ready_workers(resnet, MODEL, description["minWorkers"])
     assert len(workers) == description["minWorkers"] >= 1  # the archive's model-config sets the count
     assert {w["status"] for w in workers} == {"READY"}
+
+
+def test_queue_holds_the_archives_job_queue_size(resnet):
+    """The archive's jobQueueSize (not config.properties' job_queue_size) sizes the model's queue."""
+    configured = yaml.safe_load((REPO / "archiver_configs" / f"{MODEL}.yaml").read_text())["jobQueueSize"]
+    queue = resnet.describe(MODEL)["jobQueueStatus"]
+    assert queue["remainingCapacity"] + queue["pendingRequests"] == configured > 1000
 
 
 def test_predicts_jpeg_and_png(resnet):

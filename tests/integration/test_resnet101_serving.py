@@ -11,13 +11,13 @@ import io
 import json
 import time
 import zipfile
-from pathlib import Path
 
 import pytest
 import requests
 import yaml
 from PIL import Image
 
+from torchserve_accel.tools.build import archive_inputs
 from torchserve_accel.tools.images import make_image
 from torchserve_accel.tools.torchserve import TOKEN_FAILED, TorchServeError
 from tests.integration.serving import (
@@ -25,7 +25,6 @@ from tests.integration.serving import (
 )
 
 pytestmark = pytest.mark.integration
-REPO = Path(__file__).resolve().parents[2]
 MODEL = "resnet101"
 BATCH = 4
 DELAY_MS = 5000  # a batch closes when its fourth request is in; only a group that never fills waits this long
@@ -62,7 +61,7 @@ def test_workers_ready_with_batching(resnet):
 
 def test_queue_holds_the_archives_job_queue_size(resnet):
     """The archive's jobQueueSize (not config.properties' job_queue_size) sizes the model's queue."""
-    configured = yaml.safe_load((REPO / "archiver_configs" / f"{MODEL}.yaml").read_text())["jobQueueSize"]
+    configured = yaml.safe_load(archive_inputs(MODEL)[2].read_text())["jobQueueSize"]
     queue = resnet.describe(MODEL)["jobQueueStatus"]
     assert queue["remainingCapacity"] + queue["pendingRequests"] == configured > 1000
 

@@ -253,3 +253,22 @@ def test_triton_bias_gelu_quantizer_in_the_interpreter_matches_gelu_then_quantiz
                           timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.startswith("ok")
+
+
+def test_the_short_calibration_variant_adds_short_prefixes_of_the_bundled_texts(tmp_path):
+    """benchmarks/bench_bert_fp8.py --calibrations short: the bundled texts first, then short texts, each the first
+    1-5 words of a bundled text, and the load reads the variant's file from its absolute path."""
+    from benchmarks.bench_bert_fp8 import calibration_files
+    from torchserve_accel.bert.engines import BUNDLED_CALIBRATION, calibration_texts
+
+    files = calibration_files(["bundled", "short"], tmp_path)
+    assert files[""] == ""
+    bundled = [line.strip() for line in BUNDLED_CALIBRATION.read_text(encoding="utf-8").splitlines() if line.strip()]
+    lines = Path(files["-short"]).read_text(encoding="utf-8").splitlines()
+    assert lines[: len(bundled)] == bundled
+    short = lines[len(bundled):]
+    assert len(short) >= 200
+    assert all(1 <= len(text.split()) <= 5 and any(b.split()[: len(text.split())] == text.split() for b in bundled)
+               for text in short)
+    calibration, gate = calibration_texts(tmp_path / "archive", BertOptions(fp8_calibration=files["-short"]))
+    assert calibration + gate and sorted(calibration + gate) == sorted(lines)

@@ -4,7 +4,8 @@ and its speed on BERT-Large beside our fp16 and HF fp16 SDPA, in one run; a tabl
 
     python benchmarks/bench_bert_fp8.py --out gpu_out/bert_fp8.json [--minilm DIR] [--tiny]
 
-1. kernels: the Triton per-row quantizer against ``fp8.quantize_rows_reference`` (the same e4m3 bytes), and
+1. kernels: the Triton per-row quantizer and the LayerNorm kernel's e4m3 output against
+   ``fp8.quantize_rows_reference`` (the same e4m3 bytes), and
    ``torch._scaled_mm`` with row-wise scales against ``fp8.scaled_mm_reference``.
 2. accuracy (``--minilm``: an all-MiniLM-L6-v2 HF directory): the texts of tests/data/sentences (1,264, 68
    languages, 3 to 256 tokens) embedded by the archive's engine (mean pooling, 256 tokens) in fp32 (the reference,
@@ -143,13 +144,27 @@ def check_kernels(device: torch.device) -> dict:
     qg, sg = bias_gelu_quantized(h, bias)
     qg_ref, sg_ref = fp8.quantize_rows_reference(TorchOps.bias_gelu(h.float(), bias))
     gelu_step = ((qg.float() - qg_ref.float()).abs() <= torch.clamp(qg_ref.float().abs() / 8, min=2.0**-9)).all().item()
+    from torchserve_accel.bert.triton_ops import TritonOps
+
+    norm = torch.nn.LayerNorm(1024, eps=1e-12)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5, generator=gen)
+        norm.bias.normal_(generator=gen)
+    norm = norm.to(device, torch.bfloat16)
+    xl, res = ((torch.randn(4096, 1024, generator=gen) * 3).to(device, torch.bfloat16) for _ in range(2))
+    ln_out, (ql, sl) = TritonOps.bias_residual_layernorm_quantized(xl, bias[:1024].to(torch.bfloat16), res, norm)
+    ql_ref, sl_ref = fp8.quantize_rows_reference(ln_out)
+    layernorm_same = (ql.view(torch.uint8) == ql_ref.view(torch.uint8)).float().mean().item()
     result = {"quantize_identical_bytes": round(same, 6), "scale_max_rel_diff": ((s - s_ref).abs() / s_ref).max().item(),
+              "layernorm_quantize_identical_bytes": round(layernorm_same, 6),
+              "layernorm_scale_max_rel_diff": ((sl - sl_ref).abs() / sl_ref).max().item(),
               "scaled_mm_rel_error": rel,
               "gelu_quantize_identical_bytes": round((qg.view(torch.uint8) == qg_ref.view(torch.uint8)).float().mean().item(), 6),
               "gelu_quantize_within_one_step": gelu_step,
               "gelu_scale_max_rel_diff": ((sg - sg_ref).abs() / sg_ref).max().item()}
     result["passed"] = (same >= 0.999 and result["scale_max_rel_diff"] < 1e-6 and rel < 5e-3 and gelu_step
-                        and result["gelu_scale_max_rel_diff"] < 1e-4)
+                        and result["gelu_scale_max_rel_diff"] < 1e-4 and layernorm_same >= 0.999
+                        and result["layernorm_scale_max_rel_diff"] < 1e-6)
     return result
 
 

@@ -20,7 +20,8 @@
 # Knobs (environment): BUDGET_S, WARMUP, DURATION, PROCS (load processes), WORKERS, BS, DELAY (ResNet; default:
 # the archive's), CONC (ResNet closed loop; default workers x batch), RATE_TARGET, BS_ALT (another ResNet batchSize
 # to measure with the same workers: closed loop and the target rate; empty: none), MULTI (images per request; 0:
-# skip), MULTI_CONC, MULTI_RATE_TARGET, MULTI_FORMAT (multipart | json: the REST body), MULTI_TRANSPORTS (each
+# skip), MULTI_BS (requests per batch of the several-image archive, 16; empty: use resnet101's), MULTI_BUCKETS,
+# MULTI_CONC, MULTI_RATE_TARGET, MULTI_FORMAT (multipart | json: the REST body), MULTI_TRANSPORTS (each
 # of "http grpc": REST, and gRPC Predictions with the images as entries 0..MULTI-1), BERT (0: skip), BERT_CONC
 # (per worker),
 # BERT_RATE_TARGET, BERT_WORKERS (more worker counts to measure, default 6; empty: none), BERT_FP8 (0: skip),
@@ -55,7 +56,12 @@ CONC=${CONC:-$((R_WORKERS * R_BS))}
 RATE_TARGET=${RATE_TARGET:-15000}
 BS_ALT=${BS_ALT:-}
 MULTI=${MULTI:-16}
-MULTI_CONC=${MULTI_CONC:-64}
+# Several-image requests go to an archive of their own (resnet101_multi): TorchServe counts batchSize in requests,
+# so the archive's 64 would make a batch of 16-image requests 1,024 images. MULTI_BS requests per batch, engine
+# buckets up to MULTI_BUCKETS' last (docs/grpc.md); MULTI_BS empty: the several-image loads go to resnet101.
+MULTI_BS=${MULTI_BS-16}
+MULTI_BUCKETS=${MULTI_BUCKETS:-[1,8,16,32,64,128,256]}
+MULTI_CONC=${MULTI_CONC:-$((R_WORKERS * ${MULTI_BS:-4}))}
 MULTI_FORMAT=${MULTI_FORMAT:-multipart}
 MULTI_TRANSPORTS=${MULTI_TRANSPORTS:-http grpc}
 MULTI_RATE_TARGET=${MULTI_RATE_TARGET:-18000}
@@ -159,6 +165,25 @@ finish() {
   cat "$OUT/summary.md"
 }
 
+multi_loads() {  # MODEL: MULTI images per request over each of MULTI_TRANSPORTS, closed loop and the target rate
+  local model=$1 transport tag
+  for transport in $MULTI_TRANSPORTS; do
+    tag=$([ "$transport" = http ] && echo "" || echo "-$transport")
+    if [ "$transport" = grpc ] && ! "$PY" -c 'import grpc, grpc_tools' 2>/dev/null; then
+      skip "load-resnet-multi$tag" "grpcio and grpcio-tools are not installed (pip install .[grpc])"
+      continue
+    fi
+    step "load-resnet-multi$tag-closed" 120 "${LOAD[@]}" "$model" --per-request "$MULTI" \
+      --concurrency "$MULTI_CONC" --per-request-format "$MULTI_FORMAT" --transport "$transport" \
+      --label "ours-resnet101-x${MULTI}$tag-closed" --out "$RES/ours-resnet101-multi$tag-closed.json"
+    step "load-resnet-multi$tag-open-target" 120 "${LOAD[@]}" "$model" --per-request "$MULTI" \
+      --per-request-format "$MULTI_FORMAT" --transport "$transport" \
+      --rate "$(awk -v r="$MULTI_RATE_TARGET" -v m="$MULTI" 'BEGIN { printf "%.2f", r / m }')" \
+      --label "ours-resnet101-x${MULTI}$tag-open-${MULTI_RATE_TARGET}" \
+      --out "$RES/ours-resnet101-multi$tag-open-target.json"
+  done
+}
+
 main() {
   trap cleanup EXIT
   echo "=== gpu_serve_check: work dir $WORK, budget ${BUDGET_S}s"
@@ -167,7 +192,8 @@ main() {
 print("python", sys.version.split()[0], *[f"{p} {m.version(p)}" for p in ("torch", "torchvision", "torchserve")])' || true
   echo "ResNet-101: ${R_WORKERS} workers, batchSize ${R_BS}, maxBatchDelay ${R_DELAY} ms$( [ -z "$WORKERS$BS$DELAY" ] \
     && echo " (the archive's)"), ${CONC} in flight; open loop at ${RATE_TARGET}/s; ${MULTI} images per request at" \
-    "${MULTI_CONC} in flight and ${MULTI_RATE_TARGET} images/s; ${PROCS} load processes; MPS ${MPS}"
+    "${MULTI_CONC} in flight and ${MULTI_RATE_TARGET} images/s" \
+    "(archive: ${MULTI_BS:+resnet101_multi, batchSize }${MULTI_BS:-resnet101}); ${PROCS} load processes; MPS ${MPS}"
   ((BERT)) && echo "BERT-Large: ${B_WORKERS} workers (the archive's), batchSize $(config_value bert_large batchSize)," \
     "maxBatchDelay $(config_value bert_large maxBatchDelay) ms, ${BERT_CONC} in flight per worker; open loop at" \
     "${BERT_RATE_TARGET}/s; then ${BERT_WORKERS} workers; FP8 archive: ${BERT_FP8}"
@@ -187,6 +213,11 @@ print("python", sys.version.split()[0], *[f"{p} {m.version(p)}" for p in ("torch
   fi
   step archives-resnet 240 "${SWEEP_PY[@]}" archives "$STORE" resnet101 resnet101_baseline resnet101_baseline_tuned \
     --baseline-workers "$R_WORKERS" ${WORKERS:+--workers "$WORKERS"}
+  if ((MULTI > 1)) && [ -n "$MULTI_BS" ]; then
+    step archives-resnet-multi 120 "${TSA[@]}" build resnet101 --model-name resnet101_multi --output-dir "$STORE" \
+      --force --set "batchSize=$MULTI_BS" --set "handler.batch_buckets=$MULTI_BUCKETS" \
+      ${WORKERS:+--set "minWorkers=$WORKERS" --set "maxWorkers=$WORKERS"}
+  fi
 
   # 2. TorchServe on free loopback ports.
   if step start 150 "${TSCTL[@]}" start --model-store "$STORE" --ports free --timeout 120 "${MPS_FLAG[@]}"; then
@@ -198,12 +229,12 @@ print("python", sys.version.split()[0], *[f"{p} {m.version(p)}" for p in ("torch
 
   # 3. Our ResNet-101 with its archive's workers and batching (cuDNN engines build in seconds: all workers start at
   #    once). The stock baseline (batch 1, one worker: TorchServe's defaults) starts meanwhile; it is light.
-  local resnet=0 baseline=0
+  local resnet=0 baseline=0 resnet_registered=0
   if [ -f "$STORE/resnet101.mar" ]; then
     step register-resnet 30 "${TSCTL[@]}" register resnet101.mar "${resnet_flags[@]}" --asynchronous \
       && step register-baseline-stock 30 "${TSCTL[@]}" register resnet101_baseline.mar --batch-size 1 --max-batch-delay 100 \
         --initial-workers 1 --asynchronous && baseline=1
-    step wait-resnet 300 "${SWEEP_PY[@]}" wait resnet101 --timeout 300 && resnet=1
+    step wait-resnet 300 "${SWEEP_PY[@]}" wait resnet101 --timeout 300 && resnet=1 && resnet_registered=1
   else
     skip register-resnet "no resnet101.mar"
   fi
@@ -216,24 +247,7 @@ print("python", sys.version.split()[0], *[f"{p} {m.version(p)}" for p in ("torch
       --out "$RES/ours-resnet101-open.json"
     step load-resnet-open-target 120 "${LOAD[@]}" resnet101 --rate "$RATE_TARGET" \
       --label "ours-resnet101-open-${RATE_TARGET}" --out "$RES/ours-resnet101-open-target.json"
-    if ((MULTI > 1)); then
-      local transport tag
-      for transport in $MULTI_TRANSPORTS; do
-        tag=$([ "$transport" = http ] && echo "" || echo "-$transport")
-        if [ "$transport" = grpc ] && ! "$PY" -c 'import grpc, grpc_tools' 2>/dev/null; then
-          skip "load-resnet-multi$tag" "grpcio and grpcio-tools are not installed (pip install .[grpc])"
-          continue
-        fi
-        step "load-resnet-multi$tag-closed" 120 "${LOAD[@]}" resnet101 --per-request "$MULTI" \
-          --concurrency "$MULTI_CONC" --per-request-format "$MULTI_FORMAT" --transport "$transport" \
-          --label "ours-resnet101-x${MULTI}$tag-closed" --out "$RES/ours-resnet101-multi$tag-closed.json"
-        step "load-resnet-multi$tag-open-target" 120 "${LOAD[@]}" resnet101 --per-request "$MULTI" \
-          --per-request-format "$MULTI_FORMAT" --transport "$transport" \
-          --rate "$(awk -v r="$MULTI_RATE_TARGET" -v m="$MULTI" 'BEGIN { printf "%.2f", r / m }')" \
-          --label "ours-resnet101-x${MULTI}$tag-open-${MULTI_RATE_TARGET}" \
-          --out "$RES/ours-resnet101-multi$tag-open-target.json"
-      done
-    fi
+    ((MULTI > 1)) && [ -z "$MULTI_BS" ] && multi_loads resnet101
     if [ -n "$BS_ALT" ]; then  # the same workers at another batchSize: closed loop and the target rate
       step "resnet-bs$BS_ALT" 240 "${SWEEP_PY[@]}" up resnet101 "$R_WORKERS" --batch-size "$BS_ALT" \
           --max-batch-delay "$R_DELAY" --timeout 240 \
@@ -260,12 +274,25 @@ print("python", sys.version.split()[0], *[f"{p} {m.version(p)}" for p in ("torch
     step unregister-baseline-tuned 90 "${SWEEP_PY[@]}" unregister resnet101_baseline_tuned
   fi
 
+  # 4b. Several images per request, on their own archive (MULTI_BS): resnet101 makes room for it first.
+  if ((resnet)) && ((MULTI > 1)) && [ -n "$MULTI_BS" ]; then
+    if [ -f "$STORE/resnet101_multi.mar" ]; then
+      step unregister-resnet 90 "${SWEEP_PY[@]}" unregister resnet101 && resnet_registered=0
+      step register-resnet-multi 30 "${TSCTL[@]}" register resnet101_multi.mar --asynchronous \
+        && step wait-resnet-multi 300 "${SWEEP_PY[@]}" wait resnet101_multi --timeout 300 \
+        && multi_loads resnet101_multi
+      step unregister-resnet-multi 90 "${SWEEP_PY[@]}" unregister resnet101_multi
+    else
+      skip load-resnet-multi "no resnet101_multi.mar"
+    fi
+  fi
+
   # 5. BERT-Large (archives built in the background) with its archive's workers, texts of 6..~121 tokens; then more
   #    workers; then the FP8 archive with the same workers.
   if ((BERT)); then
     wait_bert_build
     if [ "$(cat "$WORK/bert_archive.rc" 2>/dev/null)" = 0 ]; then
-      ((resnet)) && step unregister-resnet 90 "${SWEEP_PY[@]}" unregister resnet101  # its GPU memory and MPS share
+      ((resnet_registered)) && step unregister-resnet 90 "${SWEEP_PY[@]}" unregister resnet101  # GPU memory, MPS share
       if step register-bert 30 "${TSCTL[@]}" register bert_large.mar --asynchronous \
         && step wait-bert 300 "${SWEEP_PY[@]}" wait bert_large --timeout 300; then
         step load-bert-closed 120 "${LOAD[@]}" bert_large --texts 512 --concurrency $((BERT_CONC * B_WORKERS)) \

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from torchserve_accel.bert.attention import PaddedSDPAttention
+from torchserve_accel.bert.fp8 import Fp8Linear
 from torchserve_accel.bert.ops import TorchOps
 from torchserve_accel.bert.packing import PackedBatch
 
@@ -74,10 +75,14 @@ class EncoderConfig:
 
 class Linear(nn.Linear):
     """``nn.Linear`` plus ``gemm``: the bias-free product, whose bias the layer's epilogue adds. ``fp8.Fp8Linear``
-    has the same two calls, so the layer code does not know which precision a GEMM runs in."""
+    has the same two calls, so the layer code does not know which precision a GEMM runs in; both take ``xq``, the
+    input already in e4m3 with row scales (made by the LayerNorm before an FP8 GEMM), which only FP8 GEMMs read."""
 
-    def gemm(self, x: torch.Tensor) -> torch.Tensor:
+    def gemm(self, x: torch.Tensor, xq=None) -> torch.Tensor:
         return F.linear(x, self.weight)
+
+    def forward(self, x: torch.Tensor, xq=None) -> torch.Tensor:
+        return F.linear(x, self.weight, self.bias)
 
 
 class PackedEmbeddings(nn.Module):
@@ -106,12 +111,27 @@ class PackedBertLayer(nn.Module):
         self.ffn_out = Linear(cfg.intermediate_size, h)
         self.ffn_norm = nn.LayerNorm(h, eps=cfg.layer_norm_eps)
 
-    def forward(self, x: torch.Tensor, attention, meta, ops) -> torch.Tensor:
-        """x: (..., H) (packed (T, H) in serving, (B, L, H) in export) -> same shape and dtype."""
-        qkv = self.qkv(x).unflatten(-1, (3, self.num_heads, self.head_dim))
+    # Set by fp8.place: the next layer's QKV GEMM runs in FP8, so this layer's last LayerNorm also writes e4m3.
+    quantize_output = False
+
+    def forward(self, x: torch.Tensor, attention, meta, ops, xq=None):
+        """x: (..., H) (packed (T, H) in serving, (B, L, H) in export) -> (the same shape and dtype, and the output
+        in e4m3 with row scales when ``quantize_output``, else None). ``xq``: x in e4m3 (the previous layer's
+        LayerNorm wrote it), or None. Before an FP8 GEMM the LayerNorm kernel writes its input in e4m3: no separate
+        quantizing pass over the hidden states."""
+        qkv = self.qkv(x, xq).unflatten(-1, (3, self.num_heads, self.head_dim))
         context = attention(qkv, meta).flatten(-2)
-        x = ops.bias_residual_layernorm(self.attn_out.gemm(context), self.attn_out.bias, x, self.attn_norm)
-        return ops.bias_residual_layernorm(ops.ffn(x, self.ffn_in, self.ffn_out), self.ffn_out.bias, x, self.ffn_norm)
+        x, xq = _norm(ops, self.attn_out.gemm(context), self.attn_out.bias, x, self.attn_norm,
+                      quantize=isinstance(self.ffn_in, Fp8Linear))
+        return _norm(ops, ops.ffn(x, self.ffn_in, self.ffn_out, xq), self.ffn_out.bias, x, self.ffn_norm,
+                     quantize=self.quantize_output)
+
+
+def _norm(ops, x: torch.Tensor, bias: torch.Tensor, residual: torch.Tensor, norm: nn.LayerNorm, quantize: bool):
+    """The layer's epilogue LayerNorm -> (output, output in e4m3 with row scales or None)."""
+    if quantize:
+        return ops.bias_residual_layernorm_quantized(x, bias, residual, norm)
+    return ops.bias_residual_layernorm(x, bias, residual, norm), None
 
 
 class PackedBert(nn.Module):
@@ -140,8 +160,9 @@ class PackedBert(nn.Module):
         """(T,) token fields -> (T, H) last hidden states; padding never enters."""
         x = self.embeddings(batch.input_ids, batch.position_ids, batch.token_type_ids)
         meta = self.attention.prepare(batch)  # once per batch, shared by every layer
+        xq = None
         for layer in self.layers:
-            x = layer(x, self.attention, meta, self.ops)
+            x, xq = layer(x, self.attention, meta, self.ops, xq)
         return x
 
     def forward(self, batch: PackedBatch) -> torch.Tensor:

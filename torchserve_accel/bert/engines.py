@@ -240,7 +240,7 @@ class PaddedBertForExport(nn.Module):
         mask = attention_mask.to(x.dtype)
         additive = (1.0 - mask)[:, None, None, :] * -10000.0  # finite: stays exact in fp16 engines
         for layer in m.layers:
-            x = layer(x, dense_attention, additive, TorchOps)
+            x, _ = layer(x, dense_attention, additive, TorchOps)
         if m.head == "hidden":
             return x
         if m.head == "embed_mean":

@@ -120,22 +120,22 @@ class Fp8Linear(nn.Module):
         self.quantize: Callable = quantize_rows if on_gpu else quantize_rows_reference
         self.matmul: Callable = _scaled_mm if on_gpu else scaled_mm_reference
 
-    def _product(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        q, scale = self.quantize(x.reshape(-1, self.in_features).contiguous())
+    def _product(self, x: torch.Tensor, bias: torch.Tensor | None, xq) -> torch.Tensor:
+        q, scale = xq if xq is not None else self.quantize(x.reshape(-1, self.in_features).contiguous())
         out = self.matmul(q, scale, self.weight_t, self.weight_scale, bias, torch.bfloat16)
         return out.view(*x.shape[:-1], self.out_features)
 
-    def gemm(self, x: torch.Tensor) -> torch.Tensor:
-        """(..., K) -> (..., N) bf16, no bias."""
-        return self._product(x, None)
+    def gemm(self, x: torch.Tensor, xq=None) -> torch.Tensor:
+        """(..., K) -> (..., N) bf16, no bias. ``xq``: x already in e4m3, ((M, K), (M, 1) row scales), or None."""
+        return self._product(x, None, xq)
 
     def gemm_quantized(self, q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
         """An input already in e4m3, (M, K) and its (M, 1) row scales -> (M, N) bf16, no bias."""
         return self.matmul(q, scale, self.weight_t, self.weight_scale, None, torch.bfloat16)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, xq=None) -> torch.Tensor:
         """(..., K) -> (..., N) bf16, bias added."""
-        return self._product(x, self.bias)
+        return self._product(x, self.bias, xq)
 
 
 def _scaled_mm(q, q_scale, weight_t, w_scale, bias, out_dtype):
@@ -159,13 +159,13 @@ class _Recorder(nn.Module):
         rows = x.reshape(-1, x.shape[-1]).float()
         self.hessian.addmm_(rows.t(), rows)
 
-    def gemm(self, x: torch.Tensor) -> torch.Tensor:
+    def gemm(self, x: torch.Tensor, xq=None) -> torch.Tensor:
         self._record(x)
-        return self.linear.gemm(x)
+        return self.linear.gemm(x, xq)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, xq=None) -> torch.Tensor:
         self._record(x)
-        return self.linear(x)
+        return self.linear(x, xq)
 
 
 def hessians(layers: nn.ModuleList, run: Callable[[], object]) -> dict[tuple[int, str], torch.Tensor]:
@@ -215,11 +215,14 @@ class Choice:
 
 
 def place(layers: nn.ModuleList, chosen: Sequence[tuple[int, str]], fp8: dict, plain: dict) -> None:
-    """Put ``fp8[key]`` at every chosen GEMM and ``plain[key]`` everywhere else."""
+    """Put ``fp8[key]`` at every chosen GEMM and ``plain[key]`` everywhere else; a layer followed by an FP8 QKV
+    GEMM writes its output in e4m3 too (``quantize_output``)."""
     chosen = set(chosen)
     for i, layer in enumerate(layers):
         for name in GEMMS:
             setattr(layer, name, fp8[(i, name)] if (i, name) in chosen else plain[(i, name)])
+    for i, layer in enumerate(layers):
+        layer.quantize_output = i + 1 < len(layers) and isinstance(layers[i + 1].qkv, Fp8Linear)
 
 
 def choose_gemms(layers: nn.ModuleList, fp8: dict, plain: dict, pooled: Callable[[], torch.Tensor],

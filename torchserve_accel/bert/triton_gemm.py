@@ -160,8 +160,8 @@ class FusedGemmOps(TritonOps):
     def __init__(self, config: GemmConfig = GemmConfig()):
         self.config = config
 
-    def linear_gelu(self, x: torch.Tensor, linear: torch.nn.Linear) -> torch.Tensor:
-        """x: (..., K) contiguous -> (..., N) GELU(linear(x))."""
+    def linear_gelu(self, x: torch.Tensor, linear: torch.nn.Linear, xq=None) -> torch.Tensor:
+        """x: (..., K) contiguous -> (..., N) GELU(linear(x)); a plain (fp16/bf16) Linear only, so ``xq`` is None."""
         out = linear_gelu(x.reshape(-1, x.shape[-1]), linear.weight, linear.bias, self.config)
         return out.view(*x.shape[:-1], out.shape[-1])
 

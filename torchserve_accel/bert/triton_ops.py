@@ -57,6 +57,33 @@ def _bias_residual_layernorm_kernel(
 
 
 @triton.jit
+def _bias_residual_layernorm_quantize_kernel(
+    x_ptr, bias_ptr, res_ptr, weight_ptr, beta_ptr, q_ptr, scale_ptr, n_cols, eps, BLOCK: tl.constexpr
+):
+    # The LayerNorm above, and its output in e4m3 with one scale per row for the FP8 GEMM that reads it next: the
+    # rounded output (what the separate quantizer would read back) is scaled in registers, no second pass.
+    row = tl.program_id(0).to(tl.int64) * n_cols
+    cols = tl.arange(0, BLOCK)
+    mask = cols < n_cols
+    h = tl.load(x_ptr + row + cols, mask=mask, other=0.0).to(tl.float32)
+    h += tl.load(bias_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+    h += tl.load(res_ptr + row + cols, mask=mask, other=0.0).to(tl.float32)
+    mean = tl.sum(h, axis=0) / n_cols
+    centered = tl.where(mask, h - mean, 0.0)
+    var = tl.sum(centered * centered, axis=0) / n_cols
+    rstd = 1.0 / tl.sqrt(var + eps)
+    w = tl.load(weight_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+    beta = tl.load(beta_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+    out = (centered * rstd * w + beta).to(x_ptr.dtype.element_ty)
+    tl.store(x_ptr + row + cols, out, mask=mask)
+    y = tl.where(mask, out.to(tl.float32), 0.0)
+    scale = tl.maximum(tl.max(tl.abs(y), axis=0), 1e-12) / 448.0
+    q = tl.minimum(tl.maximum(y / scale, -448.0), 448.0)
+    tl.store(q_ptr + row + cols, q.to(q_ptr.dtype.element_ty), mask=mask)
+    tl.store(scale_ptr + tl.program_id(0).to(tl.int64), scale)
+
+
+@triton.jit
 def _quantize_rows_kernel(x_ptr, q_ptr, scale_ptr, n_cols, BLOCK: tl.constexpr):
     # One row per program, held in registers: its amax, then the scaled values, in one read of x.
     row = tl.program_id(0).to(tl.int64)
@@ -128,17 +155,35 @@ class TritonOps:
         )
         return x
 
-    @classmethod
-    def linear_gelu(cls, x: torch.Tensor, linear: nn.Linear) -> torch.Tensor:
-        """cuBLAS GEMM (no bias), then the Triton bias+GELU kernel in place."""
-        return cls.bias_gelu(linear.gemm(x), linear.bias)
+    @staticmethod
+    def bias_residual_layernorm_quantized(
+        x: torch.Tensor, bias: torch.Tensor, residual: torch.Tensor, norm: nn.LayerNorm
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """``bias_residual_layernorm``, plus its output in e4m3 (T, N) and (T, 1) float32 row scales: the bytes
+        ``quantize_rows`` would make of it, from the same kernel."""
+        n_cols = x.shape[-1]
+        rows = x.numel() // n_cols
+        q = torch.empty((rows, n_cols), dtype=torch.float8_e4m3fn, device=x.device)
+        scale = torch.empty((rows, 1), dtype=torch.float32, device=x.device)
+        block = triton.next_power_of_2(n_cols)
+        _bias_residual_layernorm_quantize_kernel[(rows,)](
+            x, bias, residual, norm.weight, norm.bias, q, scale, n_cols, norm.eps, BLOCK=block,
+            num_warps=4 if block <= 2048 else 8
+        )
+        return x, (q, scale)
 
-    def ffn(self, x: torch.Tensor, ffn_in: nn.Module, ffn_out: nn.Module) -> torch.Tensor:
-        """x: (T, H) -> ffn_out's bias-free product of GELU(ffn_in(x)), (T, H). Before an FP8 ``ffn_out`` the GELU
-        kernel writes e4m3 and the row scales directly (no bf16 intermediate, no separate quantizing pass)."""
+    @classmethod
+    def linear_gelu(cls, x: torch.Tensor, linear: nn.Linear, xq=None) -> torch.Tensor:
+        """cuBLAS GEMM (no bias), then the Triton bias+GELU kernel in place."""
+        return cls.bias_gelu(linear.gemm(x, xq), linear.bias)
+
+    def ffn(self, x: torch.Tensor, ffn_in: nn.Module, ffn_out: nn.Module, xq=None) -> torch.Tensor:
+        """x: (T, H) -> ffn_out's bias-free product of GELU(ffn_in(x)), (T, H); ``xq``: x in e4m3 with row scales
+        for an FP8 ``ffn_in``, or None. Before an FP8 ``ffn_out`` the GELU kernel writes e4m3 and the row scales
+        directly (no bf16 intermediate, no separate quantizing pass)."""
         gemm_quantized = getattr(ffn_out, "gemm_quantized", None)  # an fp8.Fp8Linear takes e4m3 input
         if gemm_quantized is not None:
-            inner = ffn_in.gemm(x)
+            inner = ffn_in.gemm(x, xq)
             q, scale = bias_gelu_quantized(inner.reshape(-1, inner.shape[-1]), ffn_in.bias)
             return gemm_quantized(q, scale).view(*x.shape[:-1], -1)
-        return ffn_out.gemm(self.linear_gelu(x, ffn_in))
+        return ffn_out.gemm(self.linear_gelu(x, ffn_in, xq))

@@ -239,3 +239,14 @@ def test_memory_is_judged_on_a_trend_of_enough_samples():
     assert failures == [] and memory["judged"].startswith("not judged: 4 samples, a trend needs 6")
     assert memory["rss_growth"] > 0.05  # still reported
     assert soak.judge_memory(_samples([100] * 5 + [120]), max_growth=0.05)[1]  # six: judged
+
+
+def test_memory_is_judged_only_when_the_workers_kept_up_with_the_rate():
+    leak = [100, 100, 101, 104, 108, 112, 116, 120, 124]
+    assert soak.judge_memory(_samples(leak), max_growth=0.05, kept_up=0.95)[1]  # kept up: the leak fails it
+    memory, failures = soak.judge_memory(_samples(leak), max_growth=0.05, kept_up=0.02)
+    assert failures == [] and memory["judged"].startswith("not judged: the workers fell behind the rate (2% ")
+    assert memory["rss_growth"] > 0.05 and memory["kept_up"] == 0.02  # still reported
+    segments = [{"ok_rps": 1.9, "window_s": 5.0, "started": 10}, {"ok_rps": 0.1, "window_s": 5.0, "started": 10}]
+    assert soak.kept_up_share(segments) == 0.5
+    assert soak.kept_up_share([{"ok_rps": 0.0, "window_s": 5.0, "started": 0}]) is None

@@ -5,7 +5,9 @@ per request, which the memory judge must catch, and only then.
 Memory is judged by its trend (the last third of the samples over the middle third, by medians), not by its first
 and last samples: a worker that reaches a new allocator high-water mark once, early, after a bigger batch than any
 before, or whose timings shift because the machine is busy, is not leaking. The rate (2 requests/s, Poisson) keeps
-the two ResNet CPU workers about a quarter busy on 2 cores; the 10-minute GPU soak runs the same command
+the two ResNet CPU workers about a quarter busy on 2 cores; on a machine so busy with other work that the workers
+fall behind it, the soak reports memory "not judged" (a backlog is no steady state) and the test accepts that
+only then. The echo leak test below shows the judge catching a leak. The 10-minute GPU soak runs the same command
 (docs/reliability.md).
 """
 
@@ -34,8 +36,13 @@ def test_soak_one_minute_on_cpu(tmp_path_factory, resnet_store, tmp_path):
     assert doc["schema"] == soak.SCHEMA and doc["model"] == MODEL and doc["rate"] == 2
     assert code == 0 and doc["passed"], doc.get("failures") or doc.get("error")
     assert doc["totals"]["failed"] == 0 and doc["totals"]["sent"] >= 60  # ~120 expected (Poisson at 2/s)
-    assert len(doc["segments"]) == 12 and len(doc["memory"]["samples"]) == 13
-    assert doc["memory"]["rss_growth"] < 0.05 and doc["memory"]["rss_start_mb"] > 100
+    memory = doc["memory"]
+    assert len(doc["segments"]) == 12 and len(memory["samples"]) == 13 and memory["rss_start_mb"] > 100
+    if memory["judged"].startswith("not judged"):
+        # only a backlog excuses it: the machine too busy for the workers to answer the rate in time
+        assert memory["kept_up"] < soak.MIN_KEPT_UP, memory["judged"]
+    else:
+        assert memory["rss_growth"] < 0.05
     assert doc["workers_after"] == doc["workers_before"]
 
 

@@ -14,6 +14,9 @@ the median of the middle third (``trend_growth``; judged from 6 samples, one per
 of fewer segments reports its memory unjudged). A leak grows all the time and shows; a one-off step (an
 allocator reaching a new high-water mark after a rare bigger batch, timings shifted by other work on the machine)
 does not, unless it comes late and stays. The growth from the first sample to the last is reported beside it.
+Memory is judged only when the workers kept up with the rate (90% of the good requests answered within their
+segment): a soak whose workers fall behind builds a backlog, and memory under it is no steady state; its memory is
+reported "not judged", and failures and restarts still are.
 
 Load: the load generator's Poisson open loop (latency from the scheduled arrival) in segments of ``--segment-s``
 seconds; memory is sampled between segments, so the load processes never fork from a process running a sampler
@@ -77,6 +80,10 @@ NOT_LOCAL = "not measured: the workers are not processes of this machine (failur
 ALONGSIDE = ("soaked at the same time as these models on the same TorchServe: this model's maximum (and so its "
              "rate) was measured while they were loaded too")
 MIN_TREND_SAMPLES = 6  # memory samples a trend is judged on: at least two in each third
+# The share of the good requests that must be answered within their segment for memory to be judged: below it the
+# workers fell behind the rate and a backlog built up. Memory under a growing backlog is not a steady state (a 2-core
+# machine busy with other work answered 2% of a ResNet-101 CPU soak's requests in time, and worker RSS read +5.6%).
+MIN_KEPT_UP = 0.9
 READY_WAIT_S = 60.0  # a worker that has just started can show its previous state for a moment after register
 LOST = ("500", "507", "timeout", "connection_error")  # a killed worker's requests: its batch answered 500 or 507
 # ("Worker died."; 500 seen on a GPU machine, 507 on the CPU), or never answered
@@ -316,7 +323,8 @@ def run_soak(ts: TorchServe, model: str, payloads: Sequence[Payload], config: So
     doc["phases"] = {"soak": [round(started_at, 3), round(time.time(), 3)]}  # wall clock, to line up with others
     after = workers_of(ts, model)
 
-    memory, memory_failures = judge_memory(samples, config.max_growth) if local else ({"judged": NOT_LOCAL}, [])
+    memory, memory_failures = (judge_memory(samples, config.max_growth, kept_up_share(segments)) if local
+                               else ({"judged": NOT_LOCAL}, []))
     doc.update(totals=soak_totals(doc, segments), segments=segments, memory=memory, workers_after=after)
     totals = doc["totals"]
     failures = []
@@ -528,8 +536,17 @@ def judge_kill(unexpected: dict[str, int], batch_size: int, workers: int, rate: 
             "other": other, "failures": failures}
 
 
-def judge_memory(samples: Sequence[MemorySample], max_growth: float) -> tuple[dict[str, Any], list[str]]:
-    """The memory figures of a soak and what fails it: worker RSS or GPU memory trending up by ``max_growth``."""
+def kept_up_share(segments: Sequence[dict[str, Any]]) -> float | None:
+    """The share of the soak's good requests answered 200 within their segment's window (None: nothing sent)."""
+    answered = sum(s["ok_rps"] * s["window_s"] for s in segments)
+    good = sum(s["started"] for s in segments)
+    return round(answered / good, 4) if good else None
+
+
+def judge_memory(samples: Sequence[MemorySample], max_growth: float, kept_up: float | None = None
+                 ) -> tuple[dict[str, Any], list[str]]:
+    """The memory figures of a soak and what fails it: worker RSS or GPU memory trending up by ``max_growth``,
+    judged when there are enough samples and the workers kept up with the rate (``kept_up``: ``kept_up_share``)."""
     start, end = samples[0], samples[-1]
     rss_growth = trend_growth([s.rss_bytes for s in samples])
     gpu_series = [s.gpu["total_mib"] for s in samples if s.gpu]
@@ -543,8 +560,13 @@ def judge_memory(samples: Sequence[MemorySample], max_growth: float) -> tuple[di
               "gpu_start_mib": start.gpu["total_mib"] if start.gpu else None,
               "gpu_end_mib": end.gpu["total_mib"] if end.gpu else None,
               "gpu_growth": None if gpu_growth is None else round(gpu_growth, 5),
+              "kept_up": kept_up,
               "judged": "median of the last third of the samples over the median of the middle third"}
     failures = []
+    if kept_up is not None and kept_up < MIN_KEPT_UP:
+        memory["judged"] = (f"not judged: the workers fell behind the rate ({kept_up:.0%} of the good requests "
+                            f"answered in their segment, under {MIN_KEPT_UP:.0%}): a backlog, not a steady state")
+        return memory, failures
     if len(samples) < MIN_TREND_SAMPLES:
         # thirds of fewer samples are one or two samples each: a worker reaching a new high-water mark in a slow
         # batch reads as a trend (+6.6% over 4 samples on a loaded 2-core machine, no leak)

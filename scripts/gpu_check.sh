@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One entry point for everything a GPU machine must check: correctness and speed of the fast paths.
-# Usage: scripts/gpu_check.sh [tests|resnet|preprocess|bert|bert-fp8|bert-profile|bert-floor|oom]...
+# Usage: scripts/gpu_check.sh [tests|resnet|preprocess|decode-load|bert|bert-fp8|bert-profile|bert-floor|oom]...
 #        (bert-fp8: MINILM=<an all-MiniLM-L6-v2 HF directory> adds the real-weights accuracy section)
+#        (decode-load: needs nvidia-nvimgcodec-cu13 and nvidia-nvjpeg for its hardware-decoder phase)
 #        (no argument: tests, resnet, preprocess, bert; tests: the gpu-marked tests of the model code, pass/fail)
 # Results (JSON + logs) go under $OUT (default ./gpu_out); a short table is printed last.
 set -uo pipefail
@@ -24,6 +25,8 @@ for section in "${sections[@]}"; do
               2>&1 | tee "$OUT/gpu_tests.log" || status=1 ;;
     resnet) python3 benchmarks/bench_resnet.py --out "$OUT/resnet.json" 2>&1 | tee "$OUT/resnet.log" || status=1 ;;
     preprocess) python3 benchmarks/bench_preprocess.py --out "$OUT/preprocess.json" 2>&1 | tee "$OUT/preprocess.log" || status=1 ;;
+    decode-load) python3 benchmarks/bench_decode_load.py --out "$OUT/decode_load.json" 2>&1 \
+              | tee "$OUT/decode_load.log" || status=1 ;;
     bert)   python3 benchmarks/bench_bert.py --out "$OUT/bert.json" 2>&1 | tee "$OUT/bert.log" || status=1 ;;
     bert-fp8) python3 benchmarks/bench_bert_fp8.py --out "$OUT/bert_fp8.json" ${MINILM:+--minilm "$MINILM"} 2>&1 \
               | tee "$OUT/bert_fp8.log" || status=1 ;;

@@ -16,7 +16,9 @@ At load, on the worker's GPU, from the checkpoint's fp32 weights and a set of ca
 
 At run time an ``Fp8Linear`` quantizes its input per token (one scale per row, the row's amax mapped to 448: the
 Triton kernel in triton_ops.py on a GPU) and runs ``torch._scaled_mm`` with row-wise scales, bf16 out (the kernel
-PyTorch ships for row-wise scales writes bf16), so an FP8 model's activations are bf16 throughout.
+PyTorch ships for row-wise scales writes bf16), so an FP8 model's activations are bf16 throughout. Where the kernel
+before a GEMM can write e4m3 itself (the GELU before the FFN's second GEMM, the LayerNorms before the FFN's first and
+the next layer's QKV GEMMs; ``place`` marks the layers), the GEMM gets those bytes and quantizes nothing.
 """
 
 from __future__ import annotations

@@ -6,9 +6,10 @@
 
 Inputs are what ``bench``, ``sweep`` and scripts/gpu_serve_check.sh write (combined files, single runs, sweep
 summaries, or folders of them). Writes, per model:
-    <model>_throughput_vs_p99.png   every run as a point (200s/s, p99), sweep points joined per
-                                    (batchSize, maxBatchDelay) in worker order, the p99 bound dashed
-    <model>_sweep_workers.png       (when there is a sweep) 200s/s and p99 against workers
+    <model>_throughput_vs_p99.png   every run as a point (items answered 200 per s, p99), sweep points joined
+                                    per (batchSize, maxBatchDelay) in worker order, the p99 bound dashed
+    <model>_sweep_workers.png       (when there is a sweep) items/s and p99 against workers
+Items are images or texts: a run of several images per request is placed by its images/s, not its requests/s.
     <model>_gpu_busy.png            (when runs sampled a GPU) the first GPU's busy % over each run's window
 Needs matplotlib (not on the GPU image: plot here, from the JSON the GPU run wrote).
 """
@@ -31,6 +32,16 @@ def _model_of(point: dict) -> str:
         if model.startswith(family + "_"):
             return family
     return model
+
+
+def _items(point: dict) -> float:
+    """Images or texts answered 200 per second (requests/s times the items each request carried)."""
+    return point.get("ok_items_per_s") or point["ok_rps"]
+
+
+def _label(point: dict) -> str:
+    per = point.get("items_per_request") or 1
+    return f"{point.get('label')}" + (f" ({per}/req)" if per > 1 else "")
 
 
 def _save(fig: Any, path: Path, written: list[Path]) -> None:
@@ -59,20 +70,20 @@ def plot_model(model: str, points: list[dict], card: str | None, out_dir: Path,
         groups[(p.get("batch_size"), p.get("max_batch_delay"))].append(p)
     for (batch, delay), members in sorted(groups.items(), key=lambda kv: tuple(v or 0 for v in kv[0])):
         members.sort(key=lambda p: p.get("workers") or 0)
-        ax.plot([p["ok_rps"] for p in members], [p["p99_ms"] for p in members], marker="o",
+        ax.plot([_items(p) for p in members], [p["p99_ms"] for p in members], marker="o",
                 label=f"sweep: batch {batch}, delay {delay} ms")
         for p in members:
-            ax.annotate(f"w{p.get('workers')}", (p["ok_rps"], p["p99_ms"]), textcoords="offset points",
+            ax.annotate(f"w{p.get('workers')}", (_items(p), p["p99_ms"]), textcoords="offset points",
                         xytext=(4, 4), fontsize=8)
     for p in single:
         baseline = "baseline" in (p.get("label") or "")
-        ax.scatter([p["ok_rps"]], [p["p99_ms"]], marker="s" if baseline else "*", s=90 if baseline else 160,
-                   zorder=3, label=p.get("label"))
+        ax.scatter([_items(p)], [p["p99_ms"]], marker="s" if baseline else "*", s=90 if baseline else 160,
+                   zorder=3, label=_label(p))
     if p99_bound_ms:
         ax.axhline(p99_bound_ms, linestyle="--", color="grey", linewidth=1)
         ax.text(ax.get_xlim()[0], p99_bound_ms, f" p99 bound {p99_bound_ms:g} ms", va="bottom", fontsize=8,
                 color="grey")
-    ax.set_xlabel("throughput (200 responses/s)")
+    ax.set_xlabel("throughput (images or texts answered 200, per s)")
     ax.set_ylabel("p99 latency (ms)")
     ax.set_xscale("log")  # ours and the stock baseline differ by an order of magnitude or more
     ax.set_yscale("log")
@@ -90,14 +101,14 @@ def plot_model(model: str, points: list[dict], card: str | None, out_dir: Path,
         fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 7), sharex=True)
         for (batch, delay), members in sorted(groups.items(), key=lambda kv: tuple(v or 0 for v in kv[0])):
             workers = [p.get("workers") for p in members]
-            top.plot(workers, [p["ok_rps"] for p in members], marker="o", label=f"batch {batch}, delay {delay} ms")
+            top.plot(workers, [_items(p) for p in members], marker="o", label=f"batch {batch}, delay {delay} ms")
             bottom.plot(workers, [p["p99_ms"] for p in members], marker="o")
         if p99_bound_ms:
             bottom.axhline(p99_bound_ms, linestyle="--", color="grey", linewidth=1)
         ticks = sorted({p.get("workers") for p in swept if p.get("workers")})
         bottom.set_xscale("log", base=2)
         bottom.set_xticks(ticks, [str(t) for t in ticks])
-        top.set_ylabel("200 responses/s")
+        top.set_ylabel("items answered 200 per s")
         bottom.set_ylabel("p99 latency (ms)")
         bottom.set_xlabel("workers (one GPU)")
         top.set_title(f"{model}: sweep over workers\n{card or ''}", fontsize=10)

@@ -563,15 +563,16 @@ def judge_memory(samples: Sequence[MemorySample], max_growth: float, kept_up: fl
               "kept_up": kept_up,
               "judged": "median of the last third of the samples over the median of the middle third"}
     failures = []
-    if kept_up is not None and kept_up < MIN_KEPT_UP:
-        memory["judged"] = (f"not judged: the workers fell behind the rate ({kept_up:.0%} of the good requests "
-                            f"answered in their segment, under {MIN_KEPT_UP:.0%}): a backlog, not a steady state")
-        return memory, failures
+    # the soak's shape first (the same on any machine), then how the machine kept up with it
     if len(samples) < MIN_TREND_SAMPLES:
         # thirds of fewer samples are one or two samples each: a worker reaching a new high-water mark in a slow
         # batch reads as a trend (+6.6% over 4 samples on a loaded 2-core machine, no leak)
         memory["judged"] = (f"not judged: {len(samples)} samples, a trend needs {MIN_TREND_SAMPLES} (a longer "
                             "--minutes or a shorter --segment-s)")
+        return memory, failures
+    if kept_up is not None and kept_up < MIN_KEPT_UP:
+        memory["judged"] = (f"not judged: the workers fell behind the rate ({kept_up:.0%} of the good requests "
+                            f"answered in their segment, under {MIN_KEPT_UP:.0%}): a backlog, not a steady state")
         return memory, failures
     if rss_growth is None or rss_growth >= max_growth:
         failures.append(f"worker RSS trends up {_pct(rss_growth)} (last third over middle third of "

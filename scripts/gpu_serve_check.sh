@@ -61,7 +61,7 @@ MULTI=${MULTI:-16}
 # buckets up to MULTI_BUCKETS' last (docs/grpc.md); MULTI_BS empty: the several-image loads go to resnet101.
 MULTI_BS=${MULTI_BS-16}
 MULTI_BUCKETS=${MULTI_BUCKETS:-[1,8,16,32,64,128,256]}
-MULTI_CONC=${MULTI_CONC:-$((R_WORKERS * ${MULTI_BS:-4}))}
+MULTI_CONC=${MULTI_CONC:-$([ -n "$MULTI_BS" ] && echo $((R_WORKERS * MULTI_BS)) || echo 64)}
 MULTI_FORMAT=${MULTI_FORMAT:-multipart}
 MULTI_TRANSPORTS=${MULTI_TRANSPORTS:-http grpc}
 MULTI_RATE_TARGET=${MULTI_RATE_TARGET:-18000}

@@ -38,36 +38,29 @@ def _bias_gelu_kernel(x_ptr, bias_ptr, n_cols, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def _bias_residual_layernorm_kernel(
-    x_ptr, bias_ptr, res_ptr, weight_ptr, beta_ptr, n_cols, eps, BLOCK: tl.constexpr
-):
-    row = tl.program_id(0).to(tl.int64) * n_cols
-    cols = tl.arange(0, BLOCK)
-    mask = cols < n_cols
-    h = tl.load(x_ptr + row + cols, mask=mask, other=0.0).to(tl.float32)
-    h += tl.load(bias_ptr + cols, mask=mask, other=0.0).to(tl.float32)
-    h += tl.load(res_ptr + row + cols, mask=mask, other=0.0).to(tl.float32)
-    mean = tl.sum(h, axis=0) / n_cols
-    centered = tl.where(mask, h - mean, 0.0)
-    var = tl.sum(centered * centered, axis=0) / n_cols
-    rstd = 1.0 / tl.sqrt(var + eps)
-    w = tl.load(weight_ptr + cols, mask=mask, other=0.0).to(tl.float32)
-    beta = tl.load(beta_ptr + cols, mask=mask, other=0.0).to(tl.float32)
-    tl.store(x_ptr + row + cols, (centered * rstd * w + beta).to(x_ptr.dtype.element_ty), mask=mask)
+def _store_e4m3_row(y, q_ptr, scale_ptr, row, offsets, mask):
+    """One row ``y`` (fp32, zero where masked) -> e4m3 at ``q_ptr + offsets`` and its scale (amax -> 448) at
+    ``scale_ptr + row``; the numbers of ``fp8.quantize_rows_reference``."""
+    scale = tl.maximum(tl.max(tl.abs(y), axis=0), 1e-12) / 448.0
+    q = tl.minimum(tl.maximum(y / scale, -448.0), 448.0)
+    tl.store(q_ptr + offsets, q.to(q_ptr.dtype.element_ty), mask=mask)
+    tl.store(scale_ptr + row, scale)
 
 
 @triton.jit
-def _bias_residual_layernorm_quantize_kernel(
-    x_ptr, bias_ptr, res_ptr, weight_ptr, beta_ptr, q_ptr, scale_ptr, n_cols, eps, BLOCK: tl.constexpr
+def _bias_residual_layernorm_kernel(
+    x_ptr, bias_ptr, res_ptr, weight_ptr, beta_ptr, q_ptr, scale_ptr, n_cols, eps, BLOCK: tl.constexpr,
+    QUANTIZE: tl.constexpr,
 ):
-    # The LayerNorm above, and its output in e4m3 with one scale per row for the FP8 GEMM that reads it next: the
-    # rounded output (what the separate quantizer would read back) is scaled in registers, no second pass.
-    row = tl.program_id(0).to(tl.int64) * n_cols
+    # QUANTIZE: also the output in e4m3 with one scale per row, for the FP8 GEMM that reads it next. The rounded
+    # output (what the separate quantizer would read back) is scaled in registers, no second pass.
+    row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK)
+    offsets = row * n_cols + cols
     mask = cols < n_cols
-    h = tl.load(x_ptr + row + cols, mask=mask, other=0.0).to(tl.float32)
+    h = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
     h += tl.load(bias_ptr + cols, mask=mask, other=0.0).to(tl.float32)
-    h += tl.load(res_ptr + row + cols, mask=mask, other=0.0).to(tl.float32)
+    h += tl.load(res_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
     mean = tl.sum(h, axis=0) / n_cols
     centered = tl.where(mask, h - mean, 0.0)
     var = tl.sum(centered * centered, axis=0) / n_cols
@@ -75,12 +68,9 @@ def _bias_residual_layernorm_quantize_kernel(
     w = tl.load(weight_ptr + cols, mask=mask, other=0.0).to(tl.float32)
     beta = tl.load(beta_ptr + cols, mask=mask, other=0.0).to(tl.float32)
     out = (centered * rstd * w + beta).to(x_ptr.dtype.element_ty)
-    tl.store(x_ptr + row + cols, out, mask=mask)
-    y = tl.where(mask, out.to(tl.float32), 0.0)
-    scale = tl.maximum(tl.max(tl.abs(y), axis=0), 1e-12) / 448.0
-    q = tl.minimum(tl.maximum(y / scale, -448.0), 448.0)
-    tl.store(q_ptr + row + cols, q.to(q_ptr.dtype.element_ty), mask=mask)
-    tl.store(scale_ptr + tl.program_id(0).to(tl.int64), scale)
+    tl.store(x_ptr + offsets, out, mask=mask)
+    if QUANTIZE:
+        _store_e4m3_row(tl.where(mask, out.to(tl.float32), 0.0), q_ptr, scale_ptr, row, offsets, mask)
 
 
 @triton.jit
@@ -90,10 +80,7 @@ def _quantize_rows_kernel(x_ptr, q_ptr, scale_ptr, n_cols, BLOCK: tl.constexpr):
     cols = tl.arange(0, BLOCK)
     mask = cols < n_cols
     x = tl.load(x_ptr + row * n_cols + cols, mask=mask, other=0.0).to(tl.float32)
-    scale = tl.maximum(tl.max(tl.abs(x), axis=0), 1e-12) / 448.0
-    q = tl.minimum(tl.maximum(x / scale, -448.0), 448.0)
-    tl.store(q_ptr + row * n_cols + cols, q.to(q_ptr.dtype.element_ty), mask=mask)
-    tl.store(scale_ptr + row, scale)
+    _store_e4m3_row(x, q_ptr, scale_ptr, row, row * n_cols + cols, mask)
 
 
 @triton.jit
@@ -104,17 +91,18 @@ def _bias_gelu_quantize_kernel(x_ptr, bias_ptr, q_ptr, scale_ptr, n_cols, BLOCK:
     mask = cols < n_cols
     h = tl.load(x_ptr + row * n_cols + cols, mask=mask, other=0.0).to(tl.float32)
     h = _gelu(h + tl.load(bias_ptr + cols, mask=mask, other=0.0).to(tl.float32))
-    h = tl.where(mask, h, 0.0)
-    scale = tl.maximum(tl.max(tl.abs(h), axis=0), 1e-12) / 448.0
-    q = tl.minimum(tl.maximum(h / scale, -448.0), 448.0)
-    tl.store(q_ptr + row * n_cols + cols, q.to(q_ptr.dtype.element_ty), mask=mask)
-    tl.store(scale_ptr + row, scale)
+    _store_e4m3_row(tl.where(mask, h, 0.0), q_ptr, scale_ptr, row, row * n_cols + cols, mask)
+
+
+def _e4m3_rows(rows: int, n_cols: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Empty (rows, n_cols) e4m3 values and (rows, 1) float32 scales."""
+    return (torch.empty((rows, n_cols), dtype=torch.float8_e4m3fn, device=device),
+            torch.empty((rows, 1), dtype=torch.float32, device=device))
 
 
 def bias_gelu_quantized(x: torch.Tensor, bias: torch.Tensor):
     """x: (M, N) contiguous, bias: (N,) -> e4m3 (M, N) and (M, 1) float32 scales of GELU(x + bias), per row."""
-    q = torch.empty(x.shape, dtype=torch.float8_e4m3fn, device=x.device)
-    scale = torch.empty((x.shape[0], 1), dtype=torch.float32, device=x.device)
+    q, scale = _e4m3_rows(*x.shape, x.device)
     block = triton.next_power_of_2(x.shape[1])
     _bias_gelu_quantize_kernel[(x.shape[0],)](x, bias, q, scale, x.shape[1], BLOCK=block,
                                               num_warps=8 if block >= 4096 else 4)
@@ -124,11 +112,23 @@ def bias_gelu_quantized(x: torch.Tensor, bias: torch.Tensor):
 def quantize_rows(x: torch.Tensor):
     """x: (M, K) contiguous -> (M, K) float8_e4m3fn and (M, 1) float32 scales, x ~= q * scale; the same numbers
     as ``fp8.quantize_rows_reference``."""
-    q = torch.empty(x.shape, dtype=torch.float8_e4m3fn, device=x.device)
-    scale = torch.empty((x.shape[0], 1), dtype=torch.float32, device=x.device)
+    q, scale = _e4m3_rows(*x.shape, x.device)
     block = triton.next_power_of_2(x.shape[1])
     _quantize_rows_kernel[(x.shape[0],)](x, q, scale, x.shape[1], BLOCK=block, num_warps=4 if block <= 2048 else 8)
     return q, scale
+
+
+def _layernorm(x: torch.Tensor, bias: torch.Tensor, residual: torch.Tensor, norm: nn.LayerNorm, quantize: bool):
+    """LayerNorm(x + bias + residual) written over x; with ``quantize`` also its e4m3 rows and scales (else None)."""
+    n_cols = x.shape[-1]
+    rows = x.numel() // n_cols
+    q, scale = _e4m3_rows(rows, n_cols, x.device) if quantize else (x, x)  # unread when not quantizing
+    block = triton.next_power_of_2(n_cols)
+    _bias_residual_layernorm_kernel[(rows,)](
+        x, bias, residual, norm.weight, norm.bias, q, scale, n_cols, norm.eps, BLOCK=block, QUANTIZE=quantize,
+        num_warps=4 if block <= 2048 else 8
+    )
+    return (q, scale) if quantize else None
 
 
 class TritonOps:
@@ -148,11 +148,7 @@ class TritonOps:
         x: torch.Tensor, bias: torch.Tensor, residual: torch.Tensor, norm: nn.LayerNorm
     ) -> torch.Tensor:
         """x, residual: (T, N) contiguous -> LayerNorm(x + bias + residual) written over x."""
-        n_cols = x.shape[-1]
-        block = triton.next_power_of_2(n_cols)
-        _bias_residual_layernorm_kernel[(x.numel() // n_cols,)](
-            x, bias, residual, norm.weight, norm.bias, n_cols, norm.eps, BLOCK=block, num_warps=4 if block <= 2048 else 8
-        )
+        _layernorm(x, bias, residual, norm, quantize=False)
         return x
 
     @staticmethod
@@ -161,16 +157,7 @@ class TritonOps:
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         """``bias_residual_layernorm``, plus its output in e4m3 (T, N) and (T, 1) float32 row scales: the bytes
         ``quantize_rows`` would make of it, from the same kernel."""
-        n_cols = x.shape[-1]
-        rows = x.numel() // n_cols
-        q = torch.empty((rows, n_cols), dtype=torch.float8_e4m3fn, device=x.device)
-        scale = torch.empty((rows, 1), dtype=torch.float32, device=x.device)
-        block = triton.next_power_of_2(n_cols)
-        _bias_residual_layernorm_quantize_kernel[(rows,)](
-            x, bias, residual, norm.weight, norm.bias, q, scale, n_cols, norm.eps, BLOCK=block,
-            num_warps=4 if block <= 2048 else 8
-        )
-        return x, (q, scale)
+        return x, _layernorm(x, bias, residual, norm, quantize=True)
 
     @classmethod
     def linear_gelu(cls, x: torch.Tensor, linear: nn.Linear, xq=None) -> torch.Tensor:

@@ -81,8 +81,8 @@ ALONGSIDE = ("soaked at the same time as these models on the same TorchServe: th
              "rate) was measured while they were loaded too")
 MIN_TREND_SAMPLES = 6  # memory samples a trend is judged on: at least two in each third
 # The share of the good requests that must be answered within their segment for memory to be judged: below it the
-# workers fell behind the rate and a backlog built up. Memory under a growing backlog is not a steady state (a 2-core
-# machine busy with other work answered 2% of a ResNet-101 CPU soak's requests in time, and worker RSS read +5.6%).
+# workers fell behind the rate and a backlog built up, and memory under a growing backlog is no steady state
+# (docs/reliability.md, the soak section).
 MIN_KEPT_UP = 0.9
 READY_WAIT_S = 60.0  # a worker that has just started can show its previous state for a moment after register
 LOST = ("500", "507", "timeout", "connection_error")  # a killed worker's requests: its batch answered 500 or 507

@@ -60,6 +60,7 @@ setup(
     ],
     extras_require={
         "tensorrt": ["tensorrt", "onnx"],
+        "hwjpeg": ["nvidia-nvimgcodec-cu13", "nvidia-nvjpeg"],  # handler.jpeg_decoder: hardware (CUDA 13 builds)
         "dev": ["pytest", "onnx", "onnxruntime", "kubernetes-validate==1.37.0",
                 "tritonclient[http]",  # a stock Open Inference Protocol client for the KServe tests
                 "grpcio", "grpcio-tools"],  # TorchServe's gRPC APIs, stubs compiled from its jar's protos

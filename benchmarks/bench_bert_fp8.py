@@ -15,11 +15,10 @@ and its speed on BERT-Large beside our fp16 and HF fp16 SDPA, in one run; a tabl
    on packed batches already on the GPU: fixed 128 x 256, fixed 384 x 64, and SQuAD-like lengths x 256
    (``squad_like_lengths``); ours fp16 (the default engine), ours fp8 (what the calibration chose), ours fp8 with
    every GEMM in FP8 (the ceiling; bounds that anything passes) and HF fp16 SDPA on padded batches. Classification top-1 agreement of fp8 with fp16 on the 128 x 256 batch.
-``--calibrations bundled,short``: besides the bundled calibration texts (variant ``fp8``), ``short`` (variant
-``fp8-short``) adds short texts made from the bundled ones (``with_short_texts``: the first 1-4 words of each
-stop-word run, the first 2-5 words of every third documentation sentence), measured in both sections: short
-texts are where the bundled choice is least accurate (benchmarks/NOTES.md), and a choice that covers them keeps
-fewer GEMMs in FP8.
+``--calibrations bundled,sentences``: besides the bundled calibration texts (variant ``fp8``: sentences, stop-word
+runs and short texts made from them), ``sentences`` (variant ``fp8-sentences``) leaves the short texts out, in
+both sections: short texts are where a choice without them is least accurate (benchmarks/NOTES.md), and a choice
+that covers them keeps fewer GEMMs in FP8.
 Exit status 1 when a kernel check fails, or an engine errors; the accuracy and speed targets are reported, not
 asserted.
 """
@@ -68,35 +67,18 @@ def read_sentences() -> list[str]:
     return spacy + [line for line in (SENTENCES / "python_docs.txt").read_text().splitlines() if line]
 
 
-def with_short_texts(texts: list[str]) -> list[str]:
-    """The calibration texts plus short ones made from them: the first 1-4 words of each stop-word run (a line
-    without a full stop: the bundled file's second half) and the first 2-5 words of every third sentence."""
-    short = []
-    for i, text in enumerate(texts):
-        words = text.split()
-        if text.rstrip().endswith((".", ":", "?", "!")):
-            if i % 3 == 0:
-                short.append(" ".join(words[: 2 + i % 4]))
-        else:
-            short.append(" ".join(words[: 1 + i % 4]))
-    return texts + [t for t in short if t]
-
-
-def calibration_files(names: list[str], work: Path) -> dict[str, str]:
+def calibration_files(names: list[str]) -> dict[str, str]:
     """Variant suffix -> ``handler.fp8_calibration`` value ("" for the bundled texts; an absolute path otherwise)."""
     from torchserve_accel.bert.engines import BUNDLED_CALIBRATION
 
-    bundled = [line.strip() for line in BUNDLED_CALIBRATION.read_text(encoding="utf-8").splitlines() if line.strip()]
     files = {}
     for name in names:
         if name == "bundled":
             files[""] = ""
-        elif name == "short":
-            path = work / "fp8_calibration_short.txt"
-            path.write_text("\n".join(with_short_texts(bundled)) + "\n", encoding="utf-8")
-            files["-short"] = str(path)
+        elif name == "sentences":  # the bundled set without its short texts (the choice before 2026-12-03)
+            files["-sentences"] = str(BUNDLED_CALIBRATION[0].resolve())
         else:
-            raise SystemExit(f"--calibrations: unknown {name!r} (bundled, short)")
+            raise SystemExit(f"--calibrations: unknown {name!r} (bundled, sentences)")
     return files
 
 
@@ -243,9 +225,9 @@ def main() -> int:
     parser.add_argument("--minilm", type=Path, default=None, help="an all-MiniLM-L6-v2 HF directory (accuracy)")
     parser.add_argument("--tiny", action="store_true", help="a tiny BERT for the speed section (a smoke test)")
     parser.add_argument("--iters", type=int, default=20)
-    parser.add_argument("--calibrations", default="bundled,short", help="FP8 calibration sets: bundled, short")
+    parser.add_argument("--calibrations", default="bundled,sentences", help="FP8 calibration sets: bundled, sentences")
     args = parser.parse_args()
-    calibrations = calibration_files(args.calibrations.split(","), Path(tempfile.mkdtemp(prefix="fp8_cal_")))
+    calibrations = calibration_files(args.calibrations.split(","))
     device = torch.device("cuda")
     report = {
         "card": torch.cuda.get_device_name(device),

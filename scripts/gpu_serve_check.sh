@@ -25,7 +25,9 @@
 # of "http grpc": REST, and gRPC Predictions with the images as entries 0..MULTI-1), BERT (0: skip), BERT_CONC
 # (per worker),
 # BERT_RATE_TARGET, BERT_WORKERS (more worker counts to measure, default 6; empty: none), BERT_FP8 (0: skip),
-# SWEEP (0: skip), SWEEP_WORKERS, SWEEP_BS,
+# JPEG_AB (1: the ResNet loads again on archives with handler.jpeg_decoder: nvjpeg, resnet101_nvjpeg and
+# resnet101_multi_nvjpeg, beside the default auto: the JPEG engines where nvImageCodec is installed), SWEEP (0: skip),
+# SWEEP_WORKERS, SWEEP_BS,
 # SWEEP_DELAYS, P99_MS, WORK (scratch dir), MPS (auto: workers under an NVIDIA MPS daemon when
 # nvidia-cuda-mps-control and a GPU are there, as `torchserve-accel start` decides and logs; 1: always, 0: never;
 # benchmarks/results/served_mps_h100.json). A CPU smoke run: BUDGET_S=420 WARMUP=2 DURATION=5 PROCS=2 WORKERS=1
@@ -66,6 +68,7 @@ MULTI_FORMAT=${MULTI_FORMAT:-multipart}
 MULTI_TRANSPORTS=${MULTI_TRANSPORTS:-http grpc}
 MULTI_RATE_TARGET=${MULTI_RATE_TARGET:-18000}
 MPS=${MPS:-auto}
+JPEG_AB=${JPEG_AB:-0}
 case "$MPS" in 1|on) MPS_FLAG=(--mps on) ;; 0|off) MPS_FLAG=(--mps off) ;; *) MPS_FLAG=(--mps auto) ;; esac
 BERT=${BERT:-1}
 B_WORKERS=$(config_value bert_large minWorkers)
@@ -158,6 +161,7 @@ finish() {
   timeout 60 "${TSA[@]}" sweep combine "$OUT/serve_results.json" "$RES" "$RES/sweep" --steps "$STEPS" \
     --ratio resnet_vs_stock_baseline=ours-resnet101-closed/baseline-stock \
     --ratio resnet_vs_tuned_baseline=ours-resnet101-closed/baseline-tuned \
+    --ratio resnet_nvjpeg_vs_tuned_baseline=ours-resnet101-nvjpeg-closed/baseline-tuned \
     || { combined=$?; echo "combine: a run FAILED, or combining failed (exit $combined)"; }
   timeout 60 "${TSA[@]}" sweep table "$OUT/serve_results.json" > "$OUT/summary.md" 2>&1 || echo "table failed"
   echo "total $((SECONDS - T0)) s; files in $OUT: $(ls "$OUT" | tr '\n' ' ')"
@@ -165,10 +169,10 @@ finish() {
   cat "$OUT/summary.md"
 }
 
-multi_loads() {  # MODEL: MULTI images per request over each of MULTI_TRANSPORTS, closed loop and the target rate
-  local model=$1 transport tag
+multi_loads() {  # MODEL [SUFFIX]: MULTI images per request over each of MULTI_TRANSPORTS, closed loop and the target
+  local model=$1 transport tag  # rate; SUFFIX tells runs of another archive apart (-nvjpeg)
   for transport in $MULTI_TRANSPORTS; do
-    tag=$([ "$transport" = http ] && echo "" || echo "-$transport")
+    tag=$([ "$transport" = http ] && echo "" || echo "-$transport")${2:-}
     if [ "$transport" = grpc ] && ! "$PY" -c 'import grpc, grpc_tools' 2>/dev/null; then
       skip "load-resnet-multi$tag" "grpcio and grpcio-tools are not installed (pip install .[grpc])"
       continue
@@ -217,6 +221,15 @@ print("python", sys.version.split()[0], *[f"{p} {m.version(p)}" for p in ("torch
     step archives-resnet-multi 120 "${TSA[@]}" build resnet101 --model-name resnet101_multi --output-dir "$STORE" \
       --force --set "batchSize=$MULTI_BS" --set "handler.batch_buckets=$MULTI_BUCKETS" \
       ${WORKERS:+--set "minWorkers=$WORKERS" --set "maxWorkers=$WORKERS"}
+  fi
+  if ((JPEG_AB)); then
+    step archives-resnet-nvjpeg 120 "${TSA[@]}" build resnet101 --model-name resnet101_nvjpeg --output-dir "$STORE" \
+      --force --set handler.jpeg_decoder=nvjpeg ${WORKERS:+--set "minWorkers=$WORKERS" --set "maxWorkers=$WORKERS"}
+    if ((MULTI > 1)) && [ -n "$MULTI_BS" ]; then
+      step archives-resnet-multi-nvjpeg 120 "${TSA[@]}" build resnet101 --model-name resnet101_multi_nvjpeg \
+        --output-dir "$STORE" --force --set "batchSize=$MULTI_BS" --set "handler.batch_buckets=$MULTI_BUCKETS" \
+        --set handler.jpeg_decoder=nvjpeg ${WORKERS:+--set "minWorkers=$WORKERS" --set "maxWorkers=$WORKERS"}
+    fi
   fi
 
   # 2. TorchServe on free loopback ports.
@@ -284,6 +297,27 @@ print("python", sys.version.split()[0], *[f"{p} {m.version(p)}" for p in ("torch
       step unregister-resnet-multi 90 "${SWEEP_PY[@]}" unregister resnet101_multi
     else
       skip load-resnet-multi "no resnet101_multi.mar"
+    fi
+  fi
+
+  # 4c. nvJPEG beside the default decoder (JPEG_AB): the same loads on resnet101_nvjpeg and resnet101_multi_nvjpeg.
+  if ((resnet)) && ((JPEG_AB)); then
+    ((resnet_registered)) && step unregister-resnet 90 "${SWEEP_PY[@]}" unregister resnet101 && resnet_registered=0
+    if [ -f "$STORE/resnet101_nvjpeg.mar" ] \
+        && step register-resnet-nvjpeg 30 "${TSCTL[@]}" register resnet101_nvjpeg.mar "${resnet_flags[@]}" \
+          --asynchronous \
+        && step wait-resnet-nvjpeg 300 "${SWEEP_PY[@]}" wait resnet101_nvjpeg --timeout 300; then
+      step load-resnet-nvjpeg-closed 120 "${LOAD[@]}" resnet101_nvjpeg --concurrency "$CONC" \
+        --label ours-resnet101-nvjpeg-closed --out "$RES/ours-resnet101-nvjpeg-closed.json"
+      step load-resnet-nvjpeg-open-target 120 "${LOAD[@]}" resnet101_nvjpeg --rate "$RATE_TARGET" \
+        --label "ours-resnet101-nvjpeg-open-${RATE_TARGET}" --out "$RES/ours-resnet101-nvjpeg-open-target.json"
+    fi
+    step unregister-resnet-nvjpeg 90 "${SWEEP_PY[@]}" unregister resnet101_nvjpeg
+    if ((MULTI > 1)) && [ -f "$STORE/resnet101_multi_nvjpeg.mar" ]; then
+      step register-resnet-multi-nvjpeg 30 "${TSCTL[@]}" register resnet101_multi_nvjpeg.mar --asynchronous \
+        && step wait-resnet-multi-nvjpeg 300 "${SWEEP_PY[@]}" wait resnet101_multi_nvjpeg --timeout 300 \
+        && multi_loads resnet101_multi_nvjpeg -nvjpeg
+      step unregister-resnet-multi-nvjpeg 90 "${SWEEP_PY[@]}" unregister resnet101_multi_nvjpeg
     fi
   fi
 

@@ -261,3 +261,56 @@ def test_gpu_decode_matches_the_cpu_path_with_orientations_and_tiny_images():
         assert gpu.shape == cpu.shape and gpu.is_cuda
         # nvJPEG and libjpeg differ in IDCT and chroma upsampling by a few levels
         assert (gpu.cpu().int() - cpu.int()).abs().float().mean() < 3
+
+
+def test_the_hardware_decoder_asked_for_by_name_is_refused_on_a_cpu_worker_with_the_reason():
+    from torchserve_accel.resnet.hw_jpeg import HardwareDecoderUnavailable, HardwareJpegDecoder, choose_jpeg_decoder
+
+    with pytest.raises(HardwareDecoderUnavailable, match="needs a GPU worker"):
+        HardwareJpegDecoder(CPU)
+    with pytest.raises(HardwareDecoderUnavailable, match="needs a GPU worker"):
+        choose_jpeg_decoder("hardware", CPU)
+    assert choose_jpeg_decoder("auto", CPU) == (None, "PIL (CPU worker)")
+    assert choose_jpeg_decoder("nvjpeg", CPU) == (None, "PIL (CPU worker)")
+
+
+@pytest.mark.gpu
+def test_auto_takes_the_jpeg_engines_when_installed_else_says_why_not():
+    from torchserve_accel.resnet.hw_jpeg import choose_jpeg_decoder
+
+    hardware, why = choose_jpeg_decoder("auto", torch.device("cuda:0"))
+    try:
+        import nvidia.nvimgcodec  # noqa: F401
+    except ImportError:
+        assert hardware is None and why.startswith("nvJPEG (auto; the JPEG engines are not used: ") and "pip" in why
+    else:
+        assert hardware is not None and why.endswith("(auto)"), why
+    assert choose_jpeg_decoder("nvjpeg", torch.device("cuda:0")) == (None, "nvJPEG (asked for)")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("fancy", [True, False])
+def test_hardware_jpeg_decoder_matches_the_cpu_path_and_hands_on_what_it_cannot_decode(fancy):
+    """``jpeg_decoder: hardware`` on one batch of every kind: upright and turned baseline JPEGs (the engines),
+    4:4:4, grayscale, progressive, CMYK, tiny, PNG and a cut JPEG (nvJPEG, PIL, or a 400 of its own)."""
+    pytest.importorskip("nvidia.nvimgcodec", reason="nvidia-nvimgcodec-cu13 is not installed")
+    from torchserve_accel.resnet.hw_jpeg import HardwareJpegDecoder
+
+    gpu = torch.device("cuda:0")
+    hardware = HardwareJpegDecoder(gpu, fancy_upsampling=fancy)
+    hardware.check()
+    good = [exif_jpeg(photo(64, 48, seed=k), k) for k in range(1, 9)]
+    good += [encode(photo(320, 240, seed=9), "JPEG", quality=90, subsampling=0),
+             encode(photo(80, 60, seed=10).convert("L"), "JPEG"),
+             encode(photo(96, 64, seed=11), "JPEG", progressive=True),
+             encode(photo(72, 40, seed=12).convert("CMYK"), "JPEG"),
+             encode(photo(3, 2), "JPEG"), encode(photo(40, 30), "PNG")]
+    cut = encode(photo(200, 150, seed=13), "JPEG")[:-600]
+    on_engines = decode_images(good + [cut], gpu, hardware=hardware)
+    on_cpu = decode_images(good + [cut], CPU)
+    for k, (mine, ref) in enumerate(zip(on_engines[:-1], on_cpu[:-1])):
+        assert isinstance(mine, torch.Tensor) and mine.is_cuda and mine.shape == ref.shape, k
+        assert (mine.cpu().int() - ref.int()).abs().float().mean() < 3, k
+    # the cut JPEG: PIL may still decode its first rows; either way it is that request's alone
+    assert isinstance(on_engines[-1], RequestError) == isinstance(on_cpu[-1], RequestError)
+    assert sum(image is not None for image in hardware.decode(good[:8])) == 8  # the engines took the baseline ones

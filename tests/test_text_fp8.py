@@ -115,7 +115,7 @@ def tokenizer_and_texts(model_dir: Path):
     from torchserve_accel.bert.engines import BUNDLED_CALIBRATION
     from torchserve_accel.bert.tokenize import BatchTokenizer
 
-    texts = BUNDLED_CALIBRATION.read_text().splitlines()[:48]
+    texts = BUNDLED_CALIBRATION[0].read_text().splitlines()[:48]
     return BatchTokenizer.from_dir(model_dir, 64), (texts[0::2], texts[1::2])
 
 
@@ -277,23 +277,25 @@ def test_triton_bias_gelu_quantizer_in_the_interpreter_matches_gelu_then_quantiz
     assert done.stdout.startswith("ok")
 
 
-def test_the_short_calibration_variant_adds_short_prefixes_of_the_bundled_texts(tmp_path):
-    """benchmarks/bench_bert_fp8.py --calibrations short: the bundled texts first, then short texts, each the first
-    1-5 words of a bundled text, and the load reads the variant's file from its absolute path."""
+def test_the_bundled_calibration_is_sentences_then_short_prefixes_of_them(tmp_path):
+    """The bundled FP8 calibration: the sentences and stop-word runs, then short texts, each the first 1-5 words of
+    one of them; the load reads both files, and bench_bert_fp8.py's ``sentences`` variant the first alone."""
     from benchmarks.bench_bert_fp8 import calibration_files
     from torchserve_accel.bert.engines import BUNDLED_CALIBRATION, calibration_texts
 
-    files = calibration_files(["bundled", "short"], tmp_path)
-    assert files[""] == ""
-    bundled = [line.strip() for line in BUNDLED_CALIBRATION.read_text(encoding="utf-8").splitlines() if line.strip()]
-    lines = Path(files["-short"]).read_text(encoding="utf-8").splitlines()
-    assert lines[: len(bundled)] == bundled
-    short = lines[len(bundled):]
-    assert len(short) >= 200
-    assert all(1 <= len(text.split()) <= 5 and any(b.split()[: len(text.split())] == text.split() for b in bundled)
+    def lines(path):
+        return [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+
+    sentences, short = (lines(path) for path in BUNDLED_CALIBRATION)
+    assert len(sentences) >= 300 and len(short) >= 200
+    assert all(1 <= len(text.split()) <= 5 and any(b.split()[: len(text.split())] == text.split() for b in sentences)
                for text in short)
-    calibration, gate = calibration_texts(tmp_path / "archive", BertOptions(fp8_calibration=files["-short"]))
-    assert calibration + gate and sorted(calibration + gate) == sorted(lines)
+    calibration, gate = calibration_texts(tmp_path / "archive", BertOptions())
+    assert (calibration, gate) == ((sentences + short)[0::2], (sentences + short)[1::2])
+    files = calibration_files(["bundled", "sentences"])
+    assert files[""] == "" and lines(files["-sentences"]) == sentences
+    calibration, gate = calibration_texts(tmp_path / "archive", BertOptions(fp8_calibration=files["-sentences"]))
+    assert sorted(calibration + gate) == sorted(sentences)
 
 
 LAYERNORM_INTERPRETED = r"""

@@ -2,10 +2,12 @@
 
 The hot path is two functions:
 
-* ``decode_images(blobs, device, limits)``: JPEGs that nvJPEG takes decode on the GPU in ONE batched call;
-  anything else (PNG, GIF, WebP, CMYK or progressive JPEG, tiny images, ...) decodes per image on the CPU with PIL
-  and reaches the GPU in ONE host-to-device copy for the whole batch. Both paths turn an image as its EXIF
-  Orientation tag says (on the GPU: a flip/transpose of the decoded tensor, from the tag read in the header walk).
+* ``decode_images(blobs, device, limits)``: JPEGs that nvJPEG takes decode on the GPU in ONE batched call (or on
+  the GPU's hardware JPEG engines when a ``HardwareJpegDecoder`` is given; those it returns nothing for go on to
+  nvJPEG); anything else (PNG, GIF, WebP, CMYK or progressive JPEG, tiny images, ...) decodes per image on the
+  CPU with PIL and reaches the GPU in ONE host-to-device copy for the whole batch. Both paths turn an image as its
+  EXIF Orientation tag says (on the GPU: a flip/transpose of the decoded tensor, from the tag read in the header
+  walk).
   A bad image becomes a ``RequestError`` in its slot; the other images are unaffected.
 * ``resize_crop_normalize(images, spec)``: resize (shorter side, antialiased bilinear, as torchvision's
   ``Resize``), center crop and normalize, batched over images of equal size, producing the engine's input
@@ -27,6 +29,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, ImageSequence, UnidentifiedImageError
 
+from torchserve_accel.resnet.hw_jpeg import HardwareJpegDecoder
 from torchserve_accel.serving.requests import RequestError
 
 # torchvision 0.29 marks its image codecs deprecated in favour of TorchCodec; the GPU decoder still works and
@@ -252,7 +255,7 @@ def _to_device_once(images: list[torch.Tensor], device: torch.device) -> list[to
 
 def decode_images(
     blobs: Sequence[bytes | bytearray | RequestError], device: torch.device, limits: ImageLimits = ImageLimits(),
-    exif_orientation: bool = True,
+    exif_orientation: bool = True, hardware: HardwareJpegDecoder | None = None,
 ) -> list[torch.Tensor | RequestError]:
     """Decode a batch of encoded images to uint8 RGB tensors (3, H, W) on ``device`` (views, possibly flipped or
     transposed, when ``exif_orientation`` turns them).
@@ -274,6 +277,14 @@ def decode_images(
             continue
         (gpu_slots if gpu_ok and device.type == "cuda" else cpu_slots).append(i)
 
+    if gpu_slots and hardware is not None:
+        rest = []
+        for i, img in zip(gpu_slots, hardware.decode([blobs[i] for i in gpu_slots])):
+            if img is None:
+                rest.append(i)
+            else:
+                results[i] = oriented(img, orientations[i]) if exif_orientation else img
+        gpu_slots = rest
     if gpu_slots:
         encoded = [_as_tensor(blobs[i]) for i in gpu_slots]
         try:

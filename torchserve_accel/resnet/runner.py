@@ -21,6 +21,7 @@ import torch
 from torchserve_accel.backends.engine_cache import EngineCache, default_cache_root, file_sha256, software_fingerprint
 from torchserve_accel.resnet.engines import CACHED_BACKENDS, REGISTRY, Engine, EngineSpec, build_engine
 from torchserve_accel.resnet.gate import correctness_gate, synthetic_images
+from torchserve_accel.resnet.hw_jpeg import HardwareJpegDecoder, choose_jpeg_decoder
 from torchserve_accel.resnet.images import ImageLimits, PreprocessSpec, decode_images, resize_crop_normalize
 from torchserve_accel.resnet.model import WEIGHTS_FILE, load_resnet101
 from torchserve_accel.resnet.options import ResNetOptions
@@ -84,10 +85,12 @@ def load(model_dir: Path, options: ResNetOptions, device: torch.device, batch_si
         description["fallback"] = (f"{backend.name} engine not served ({err}); serving the eager engine "
                                    "(on_engine_failure: eager)")
         engine = build_engine(model, replace(spec, backend="eager"), None, log.info)
+    hardware, description["jpeg_decoder"] = choose_jpeg_decoder(options.jpeg_decoder, device,
+                                                                options.jpeg_fancy_upsampling)
     description["ready"] = f"{engine.name} engine on {device} ({spec.dtype}) in {time.perf_counter() - t0:.1f} s"
     for key, value in description.items():
         log.info("%s: %s", key, value)
-    return ResNetRunner(engine, imagenet_labels(), options, description)
+    return ResNetRunner(engine, imagenet_labels(), options, description, hardware)
 
 
 def engine_buckets(wanted: Sequence[int], batch_size: int, device: torch.device) -> tuple[int, ...]:
@@ -98,7 +101,8 @@ def engine_buckets(wanted: Sequence[int], batch_size: int, device: torch.device)
 
 
 class ResNetRunner:
-    def __init__(self, engine: Engine, labels: list[str], options: ResNetOptions, description: dict[str, str]):
+    def __init__(self, engine: Engine, labels: list[str], options: ResNetOptions, description: dict[str, str],
+                 hardware: HardwareJpegDecoder | None = None):
         self.engine = engine
         self.labels = labels
         self.options = options
@@ -107,6 +111,7 @@ class ResNetRunner:
         self.preprocess = PreprocessSpec(resize=options.resize, crop=options.crop, dtype=engine.spec.dtype,
                                          channels_last=self.device.type == "cuda")
         self.limits = ImageLimits(max_pixels=options.max_pixels)
+        self.hardware = hardware  # the JPEG engines' decoder (handler.jpeg_decoder: hardware), else nvJPEG
 
     def parse(self, request: Request) -> Job:
         """The request's images (still encoded: they are decoded in ``run``, batched) and its answer's shape."""
@@ -135,7 +140,7 @@ class ResNetRunner:
     def _classify(self, blobs: Sequence[bytes | bytearray | RequestError], timings: dict[str, float] | None
                   ) -> list[Classified | RequestError]:
         t0 = time.perf_counter()
-        decoded = decode_images(blobs, self.device, self.limits, self.options.exif_orientation)
+        decoded = decode_images(blobs, self.device, self.limits, self.options.exif_orientation, self.hardware)
         t1 = time.perf_counter()
         ok = [i for i, item in enumerate(decoded) if isinstance(item, torch.Tensor)]
         results: list[Classified | RequestError] = list(decoded)  # errors stay in their slots

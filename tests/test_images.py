@@ -289,15 +289,14 @@ def test_auto_takes_the_jpeg_engines_when_installed_else_says_why_not():
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("fancy", [True, False])
-def test_hardware_jpeg_decoder_matches_the_cpu_path_and_hands_on_what_it_cannot_decode(fancy):
+def test_hardware_jpeg_decoder_matches_the_cpu_path_and_hands_on_what_it_cannot_decode():
     """``jpeg_decoder: hardware`` on one batch of every kind: upright and turned baseline JPEGs (the engines),
     4:4:4, grayscale, progressive, CMYK, tiny, PNG and a cut JPEG (nvJPEG, PIL, or a 400 of its own)."""
     pytest.importorskip("nvidia.nvimgcodec", reason="nvidia-nvimgcodec-cu13 is not installed")
     from torchserve_accel.resnet.hw_jpeg import HardwareJpegDecoder
 
     gpu = torch.device("cuda:0")
-    hardware = HardwareJpegDecoder(gpu, fancy_upsampling=fancy)
+    hardware = HardwareJpegDecoder(gpu)
     hardware.check()
     good = [exif_jpeg(photo(64, 48, seed=k), k) for k in range(1, 9)]
     good += [encode(photo(320, 240, seed=9), "JPEG", quality=90, subsampling=0),
@@ -310,7 +309,8 @@ def test_hardware_jpeg_decoder_matches_the_cpu_path_and_hands_on_what_it_cannot_
     on_cpu = decode_images(good + [cut], CPU)
     for k, (mine, ref) in enumerate(zip(on_engines[:-1], on_cpu[:-1])):
         assert isinstance(mine, torch.Tensor) and mine.is_cuda and mine.shape == ref.shape, k
-        assert (mine.cpu().int() - ref.int()).abs().float().mean() < 3, k
+        # the engines decode as libjpeg does (within a level: benchmarks/NOTES.md); nvJPEG or PIL took the others
+        assert (mine.cpu().int() - ref.int()).abs().float().mean() < (0.5 if k < 8 else 3), k
     # the cut JPEG: PIL may still decode its first rows; either way it is that request's alone
     assert isinstance(on_engines[-1], RequestError) == isinstance(on_cpu[-1], RequestError)
     assert sum(image is not None for image in hardware.decode(good[:8])) == 8  # the engines took the baseline ones

@@ -1,10 +1,11 @@
 """JPEG decoding on the GPU's hardware JPEG engines (nvImageCodec), off the SMs: ``handler.jpeg_decoder: hardware``.
 
 Under a served load the SMs are the limit, and nvJPEG's decode kernels take part of their time per image; the
-H100/H200's JPEG engines decode beside them (benchmarks/NOTES.md has the measurements). Opt-in: it needs
-``pip install nvidia-nvimgcodec-cu13 nvidia-nvjpeg`` (``torchserve-accel[hwjpeg]``), and its pixels are not nvJPEG's
-(different IDCT and chroma upsampling: a level or two per pixel on average). A JPEG it does not return goes on to
-nvJPEG and then PIL, as before; orientation is applied by ``images.oriented`` from the header walk, as for nvJPEG.
+H100/H200's JPEG engines decode beside them, and their pixels are libjpeg's (PIL's) within a level where nvJPEG's
+differ by ~2 on average (benchmarks/NOTES.md has the measurements). It needs ``pip install nvidia-nvimgcodec-cu13
+nvidia-nvjpeg`` (``torchserve-accel[hwjpeg]``); ``jpeg_decoder: auto`` (the default) uses it where it is installed
+and works. A JPEG it does not return goes on to nvJPEG and then PIL, as before; orientation is applied by
+``images.oriented`` from the header walk, as for nvJPEG.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ class HardwareDecoderUnavailable(RuntimeError):
 class HardwareJpegDecoder:
     """Batches of JPEGs -> uint8 (3, H, W) views on ``device``, decoded on the hardware engines."""
 
-    def __init__(self, device: torch.device, fancy_upsampling: bool = True):
+    def __init__(self, device: torch.device):
         if device.type != "cuda":
             raise HardwareDecoderUnavailable(f"handler.jpeg_decoder: hardware needs a GPU worker, this one is {device}")
         try:
@@ -35,16 +36,14 @@ class HardwareJpegDecoder:
                 "nvidia-nvjpeg, or use jpeg_decoder: nvjpeg") from None
         self._nvimgcodec = nvimgcodec
         self.device = device
-        # fancy upsampling: chroma interpolated as libjpeg (PIL) does by default, not replicated
-        options = ":fancy_upsampling=1" if fancy_upsampling else ""
         try:
             backend = nvimgcodec.Backend(nvimgcodec.BackendKind.HW_GPU_ONLY)
-            self._decoder = nvimgcodec.Decoder(device_id=device.index or 0, backends=[backend], options=options)
+            self._decoder = nvimgcodec.Decoder(device_id=device.index or 0, backends=[backend])
         except Exception as err:  # noqa: BLE001 - the library's own errors: said at start, not per request
             raise HardwareDecoderUnavailable(f"nvImageCodec's hardware decoder cannot start here: {err}") from None
         self._params = nvimgcodec.DecodeParams(apply_exif_orientation=False)
-        self.description = (f"hardware JPEG engines (nvImageCodec {getattr(nvimgcodec, '__version__', '?')}"
-                            f"{', fancy upsampling' if fancy_upsampling else ''}); others: nvJPEG, then PIL")
+        self.description = (f"hardware JPEG engines (nvImageCodec {getattr(nvimgcodec, '__version__', '?')}); "
+                            "others: nvJPEG, then PIL")
 
     def check(self) -> None:
         """Decode one JPEG at load: a GPU without JPEG engines returns nothing, and is refused then, not per batch."""
@@ -69,8 +68,7 @@ class HardwareJpegDecoder:
                 for image in images]
 
 
-def choose_jpeg_decoder(choice: str, device: torch.device, fancy_upsampling: bool = True
-                        ) -> tuple[HardwareJpegDecoder | None, str]:
+def choose_jpeg_decoder(choice: str, device: torch.device) -> tuple[HardwareJpegDecoder | None, str]:
     """``handler.jpeg_decoder`` -> (the hardware decoder, or None for nvJPEG/PIL; what was chosen and why).
 
     auto takes the JPEG engines when nvImageCodec is installed and they decode a test image: measured faster under
@@ -81,7 +79,7 @@ def choose_jpeg_decoder(choice: str, device: torch.device, fancy_upsampling: boo
     if device.type != "cuda" and choice == "auto":
         return None, "PIL (CPU worker)"
     try:
-        hardware = HardwareJpegDecoder(device, fancy_upsampling)
+        hardware = HardwareJpegDecoder(device)
         hardware.check()
     except HardwareDecoderUnavailable as err:
         if choice == "hardware":

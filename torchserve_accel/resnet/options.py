@@ -50,10 +50,8 @@ class ResNetOptions:
     exif_orientation: bool = True
     # Where JPEGs decode on a GPU: hardware (the GPU's JPEG engines through nvImageCodec, off the SMs; needs
     # torchserve-accel[hwjpeg]; resnet/hw_jpeg.py), nvjpeg (torchvision's nvJPEG kernels, on the SMs), or auto (the
-    # engines when they are installed and work, else nvJPEG; the worker log says which). Fancy upsampling: the
-    # hardware path interpolates chroma as libjpeg does instead of replicating it.
+    # engines when they are installed and work, else nvJPEG; the worker log says which).
     jpeg_decoder: Literal["auto", "hardware", "nvjpeg"] = "auto"
-    jpeg_fancy_upsampling: bool = True
     cpu_threads: int = 0  # 0: leave torch's default
 
     def validate(self) -> None:

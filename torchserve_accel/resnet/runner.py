@@ -85,8 +85,7 @@ def load(model_dir: Path, options: ResNetOptions, device: torch.device, batch_si
         description["fallback"] = (f"{backend.name} engine not served ({err}); serving the eager engine "
                                    "(on_engine_failure: eager)")
         engine = build_engine(model, replace(spec, backend="eager"), None, log.info)
-    hardware, description["jpeg_decoder"] = choose_jpeg_decoder(options.jpeg_decoder, device,
-                                                                options.jpeg_fancy_upsampling)
+    hardware, description["jpeg_decoder"] = choose_jpeg_decoder(options.jpeg_decoder, device)
     description["ready"] = f"{engine.name} engine on {device} ({spec.dtype}) in {time.perf_counter() - t0:.1f} s"
     for key, value in description.items():
         log.info("%s: %s", key, value)

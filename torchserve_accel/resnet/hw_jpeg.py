@@ -5,7 +5,8 @@ H100/H200's JPEG engines decode beside them, and their pixels are libjpeg's (PIL
 differ by ~2 on average (benchmarks/NOTES.md has the measurements). It needs ``pip install nvidia-nvimgcodec-cu13
 nvidia-nvjpeg`` (``torchserve-accel[hwjpeg]``); ``jpeg_decoder: auto`` (the default) uses it where it is installed
 and works. A JPEG it does not return goes on to nvJPEG and then PIL, as before; orientation is applied by
-``images.oriented`` from the header walk, as for nvJPEG.
+``images.oriented`` from the header walk, as for nvJPEG. At start nvImageCodec logs "[ERROR] ... Failed to load
+nvJPEG2000 / nvTIFF" for its other codecs' missing wheels: harmless here, only JPEG is asked of it.
 """
 
 from __future__ import annotations

@@ -76,6 +76,13 @@ def top(answer: dict) -> list[tuple[str, float]]:
     return [(p["label"], round(p["probability"], 6)) for p in answer["predictions"]]
 
 
+def same_top(a: list[dict], b: list[dict]) -> bool:
+    """One image's top-k twice, from two rows of a batch: the same classes, probabilities within 1e-7. Not bit-equal:
+    the CPU convolutions may split rows and threads differently (it failed once on torch 2.4 under load, 2e-10)."""
+    return ([p["index"] for p in a] == [p["index"] for p in b]
+            and all(abs(p["probability"] - q["probability"]) <= 1e-7 for p, q in zip(a, b)))
+
+
 def test_an_image_as_raw_bytes_base64_json_or_base64_text_gets_one_answer(native):
     blob = jpeg(1)
     answers, refused = handle(native, [{"body": bytearray(blob)}, {"body": b64(blob)}, {"data": b64(blob)},
@@ -118,10 +125,12 @@ def test_kserve_v1_instances(native, stock):
     answers, refused = handle(native, [{"body": body}, {"body": {"instances": [b64(blobs[0]), "%%%"]}}])
     assert refused == {1: 400} and answers[1]["error"].startswith("instances[1]")
     predictions = answers[0]["predictions"]
-    assert len(predictions) == 3 and predictions[0] == predictions[2] and len(predictions[0]) == 5
+    assert len(predictions) == 3 and same_top(predictions[0], predictions[2]) and len(predictions[0]) == 5
     assert set(predictions[0][0]) == {"label", "index", "probability"}
     (stocked,), _ = handle(stock, [{"body": body}])
-    assert stocked["predictions"][0] == {p["label"]: p["probability"] for p in predictions[0]}
+    as_stock = stocked["predictions"][0]
+    assert list(as_stock) == [p["label"] for p in predictions[0]]
+    assert all(abs(as_stock[p["label"]] - p["probability"]) <= 1e-7 for p in predictions[0])
 
 
 def test_open_inference_protocol_v2(native):

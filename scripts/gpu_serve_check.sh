@@ -176,8 +176,7 @@ multi_loads() {  # MODEL [SUFFIX]: MULTI images per request over each of MULTI_T
     if [ "$transport" = grpc ] && ! "$PY" -c 'import grpc, grpc_tools' 2>/dev/null; then
       # asked for and not measured: a failed step (the check exits non-zero), not a quiet skip
       echo "=== load-resnet-multi$tag: FAILED (grpcio and grpcio-tools are not installed: pip install .[grpc])"
-      printf '%s	%s	0
-' "load-resnet-multi$tag" 127 >> "$STEPS"
+      printf '%s\t%s\t0\n' "load-resnet-multi$tag" 127 >> "$STEPS"
       continue
     fi
     step "load-resnet-multi$tag-closed" 120 "${LOAD[@]}" "$model" --per-request "$MULTI" \

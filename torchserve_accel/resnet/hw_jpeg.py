@@ -1,8 +1,8 @@
 """JPEG decoding on the GPU's hardware JPEG engines (nvImageCodec), off the SMs: ``handler.jpeg_decoder: hardware``.
 
 Under a served load the SMs are the limit, and nvJPEG's decode kernels take part of their time per image; the
-H100/H200's JPEG engines decode beside them, and their pixels are libjpeg's (PIL's) within a level where nvJPEG's
-differ by ~2 on average (benchmarks/NOTES.md has the measurements). It needs ``pip install nvidia-nvimgcodec-cu13
+H100/H200's JPEG engines decode beside them, and their pixels are closer to libjpeg's (PIL's, the reference
+pipeline's) than nvJPEG's (benchmarks/NOTES.md has the measurements). It needs ``pip install nvidia-nvimgcodec-cu13
 nvidia-nvjpeg`` (``torchserve-accel[hwjpeg]``); ``jpeg_decoder: auto`` (the default) uses it where it is installed
 and works. A JPEG it does not return goes on to nvJPEG and then PIL, as before; orientation is applied by
 ``images.oriented`` from the header walk, as for nvJPEG. At start nvImageCodec logs "[ERROR] ... Failed to load

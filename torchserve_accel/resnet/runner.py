@@ -110,7 +110,7 @@ class ResNetRunner:
         self.preprocess = PreprocessSpec(resize=options.resize, crop=options.crop, dtype=engine.spec.dtype,
                                          channels_last=self.device.type == "cuda")
         self.limits = ImageLimits(max_pixels=options.max_pixels)
-        self.hardware = hardware  # the JPEG engines' decoder (handler.jpeg_decoder: hardware), else nvJPEG
+        self.hardware = hardware  # the JPEG engines' decoder (handler.jpeg_decoder), or None: nvJPEG
 
     def parse(self, request: Request) -> Job:
         """The request's images (still encoded: they are decoded in ``run``, batched) and its answer's shape."""

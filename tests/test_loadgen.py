@@ -539,6 +539,12 @@ def test_gpu_utilization_summary_over_the_window():
 # ---------------------------------------------------------------------------------------------- sweep reports
 
 
+def test_worker_states_count_ready_workers_and_do_not_repeat_torchserves_unloading_for_loading_ones():
+    assert sweep.worker_states(["READY", "UNLOADING", "UNLOADING"]) == "1 READY, 2 not ready"
+    assert sweep.worker_states(["READY", "READY"]) == "2 READY, 0 not ready"
+    assert sweep.worker_states([]) == "none"
+
+
 def _document(label, ok_rps, p99, errors=None, workers=1, rate=None):
     return {"schema": driver.SCHEMA, "label": label, "card": "1x NVIDIA H100", "versions": {"torch": "x"},
             "config": {"model": "resnet101", "mode": "open" if rate else "closed",

@@ -90,6 +90,13 @@ def build_bench_archive(name: str, store: Path, weights: Path | None = None, wor
 # ---------------------------------------------------------------------------------------------- workers
 
 
+def worker_states(statuses: list[str | None]) -> str:
+    """``["READY", "UNLOADING", ...]`` -> "1 READY, 1 not ready": TorchServe's describe says UNLOADING for every worker
+    that is not running, those still loading their model included, so the word would mislead while a model starts."""
+    ready = sum(s == "READY" for s in statuses)
+    return f"{ready} READY, {len(statuses) - ready} not ready" if statuses else "none"
+
+
 def wait_workers(ts: TorchServe, model: str, workers: int | None, timeout: float, log: Log = print) -> dict:
     """Poll describe until ``model`` has exactly ``workers`` workers (None: its minWorkers, as its archive or the last
     scale set them), all READY; the description, or raise."""
@@ -104,7 +111,7 @@ def wait_workers(ts: TorchServe, model: str, workers: int | None, timeout: float
             return None
         statuses = [w.get("status") for w in description.get("workers", [])]
         wanted = workers if workers is not None else description.get("minWorkers")
-        state = f"{len(statuses)} of {wanted} worker(s): {', '.join(statuses) or 'none'}"
+        state = f"{len(statuses)} of {wanted} worker(s), {worker_states(statuses)}"
         return description if len(statuses) == wanted and all(s == "READY" for s in statuses) else None
 
     started = time.monotonic()

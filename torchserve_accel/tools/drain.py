@@ -30,10 +30,6 @@ metrics APIs only:
 
 Remaining gap: a request that arrives after drain returns and before the call that removes a worker. Drain does not
 stop traffic; stop sending to the model first when that matters.
-
-TorchServe 0.12 can answer an unregister 500 ('Cannot invoke "org.pytorch.serve.job.Job.isControlCmd()" because
-"job" is null', seen with requests still queued: a forced unregister) with the model gone or still there.
-``unregister`` looks: gone is done (said in the log), still there is asked again (UNREGISTER_ATTEMPTS in all).
 """
 
 from __future__ import annotations
@@ -61,14 +57,13 @@ class Server(Protocol):
     def scale(self, model_name: str, min_worker: int, max_worker: int | None = None,
               synchronous: bool = True) -> dict: ...
 
-    def unregister(self, model_name: str) -> dict: ...
+    def unregister(self, model_name: str, log: Log = print) -> dict: ...
 
 
 DEFAULT_TIMEOUT = 300.0  # s for a whole command: time to serve a long queue, short of a stuck one
 ARRIVED = "ts_inference_requests_total"  # TorchServe frontend, per model_name (and version)
 ANSWERED = "HandlerBatchedRequests"  # this project's handlers, per ModelName (serving/metrics.py)
 QUIET_POLLS = 2  # consecutive idle polls before acting (answers and their count reach the frontend separately)
-UNREGISTER_ATTEMPTS = 3  # DELETEs through the frontend's 500 race (module docstring)
 
 
 @dataclass(frozen=True)
@@ -186,33 +181,7 @@ def unregister(ts: Server, model: str, timeout: float = DEFAULT_TIMEOUT, log: Lo
             drain(ts, model, timeout, log)
         except DrainTimeout as err:
             raise DrainTimeout(f"{err}; not unregistered (--force unregisters without draining)", err.backlog) from None
-    attempt = 1
-    while True:
-        try:
-            return ts.unregister(model)
-        except TorchServeError as err:
-            if err.status is None or err.status < 500:
-                raise
-            if not registered(ts, model):
-                log(f"{model} unregistered (TorchServe answered {err.status} and removed it: {err})")
-                return {"status": f'Model "{model}" unregistered'}
-            if attempt == UNREGISTER_ATTEMPTS:
-                raise TorchServeError(f"{err} ({attempt} attempts; {model} is still registered)", err.status,
-                                      err.body) from None
-            log(f"{model}: TorchServe answered the unregister {err.status} and kept the model; asking again ({err})")
-            time.sleep(0.5)
-            attempt += 1
-
-
-def registered(ts: Server, model: str) -> bool:
-    """Whether describe knows ``model`` (404: it does not; any other failure is raised)."""
-    try:
-        ts.describe(model)
-    except TorchServeError as err:
-        if err.status == 404:
-            return False
-        raise
-    return True
+    return ts.unregister(model, log)
 
 
 def scale(ts: Server, model: str, min_worker: int, max_worker: int | None = None,

@@ -137,7 +137,7 @@ def unregister_and_wait(ts: TorchServe, model: str, timeout: float = 120, log: L
     """Unregister ``model`` if registered and wait until it is gone from the model list."""
     if model not in registered(ts):
         return
-    ts.unregister(model)
+    ts.unregister(model, log)
     if not wait_until(lambda: model not in registered(ts), timeout, interval=0.5):
         raise TorchServeError(f"{model} still registered {timeout:.0f} s after unregister")
     log(f"[sweep] unregistered {model}")

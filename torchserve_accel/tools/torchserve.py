@@ -30,6 +30,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,7 @@ from torchserve_accel.tools.paths import BASE_CONFIG, DEFAULT_MODEL_STORE, DEFAU
 from torchserve_accel.tools.polling import wait_until
 
 TOKEN_FAILED = "Token Authorization failed"
+UNREGISTER_ATTEMPTS = 3  # DELETEs through the frontend's 500 race (TorchServe.unregister)
 
 
 @dataclass
@@ -393,8 +395,38 @@ class TorchServe:
     def list_models(self) -> list[dict]:
         return self._json("management", "GET", "/models").get("models", [])
 
-    def unregister(self, model_name: str) -> dict:
-        return self._json("management", "DELETE", f"/models/{model_name}")
+    def unregister(self, model_name: str, log: Log = print) -> dict:
+        """DELETE the model, at once. TorchServe 0.12 can answer it 500 ('Cannot invoke
+        "org.pytorch.serve.job.Job.isControlCmd()" because "job" is null', a race in its frontend seen with requests
+        still queued) with the model gone or still there: gone is done (logged), still there is asked again
+        (UNREGISTER_ATTEMPTS in all)."""
+        attempt = 1
+        while True:
+            try:
+                return self._json("management", "DELETE", f"/models/{model_name}")
+            except TorchServeError as err:
+                if err.status is None or err.status < 500:
+                    raise
+                if not self.is_registered(model_name):
+                    log(f"{model_name} unregistered (TorchServe answered {err.status} and removed it: {err})")
+                    return {"status": f'Model "{model_name}" unregistered'}
+                if attempt == UNREGISTER_ATTEMPTS:
+                    raise TorchServeError(f"{err} ({attempt} attempts; {model_name} is still registered)",
+                                          err.status, err.body) from None
+                log(f"{model_name}: TorchServe answered the unregister {err.status} and kept the model; asking "
+                    f"again ({err})")
+                time.sleep(0.5)
+                attempt += 1
+
+    def is_registered(self, model_name: str) -> bool:
+        """Whether describe knows the model (404: it does not; any other failure is raised)."""
+        try:
+            self.describe(model_name)
+        except TorchServeError as err:
+            if err.status == 404:
+                return False
+            raise
+        return True
 
     # -- inference and metrics
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from torchserve_accel.serving.options import OptionsError, rename_option
+from torchserve_accel.serving.options import CudaWait, OptionsError, rename_option
 
 
 @dataclass(frozen=True)
@@ -51,6 +51,7 @@ class BertOptions:
     cuda_graphs: bool = True  # GPU only: one graph per packed-token bucket, for chunks up to graph_max_tokens
     graph_max_tokens: int = 8192  # larger chunks are GPU-bound: they run eagerly, with no bucket padding
     capture_at_start: bool = True  # capture every bucket's graph in initialize (else on first use)
+    cuda_wait: CudaWait = "auto"  # how the worker's threads wait for the GPU (serving/options.py)
     engine_cache_dir: str = ""  # tensorrt; empty: $XDG_CACHE_HOME/torchserve-accel/engines
 
     @classmethod

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from torchserve_accel.serving.options import OptionsError, Precision
+from torchserve_accel.serving.options import CudaWait, OptionsError, Precision
 
 
 @dataclass(frozen=True)
@@ -28,6 +28,7 @@ class ResNetOptions:
     # Wait for a batch's results asleep (a blocking CUDA event) instead of spinning a core: several workers per GPU
     # leave the host's cores to each other and to the frontend.
     blocking_sync: bool = True
+    cuda_wait: CudaWait = "auto"  # every CUDA wait of the worker, libraries' included (serving/options.py)
     engine_cache_dir: str = ""  # inductor/tensorrt; empty: $XDG_CACHE_HOME/torchserve-accel/engines
     # The fast engine against fp32 eager on synthetic images at load; a failure refuses to serve (or falls back).
     correctness_gate: bool = True

@@ -3,7 +3,7 @@
 Unknown keys and wrongly typed values are ``OptionsError`` at ``initialize``: a typo in a config must never be
 silently ignored on a serving fleet. The words are the same for every model: ``backend`` (a name in the model's
 engine registry, or ``auto``), ``precision`` (``fp16 | bf16 | fp32`` on a GPU; CPU workers run fp32),
-``cuda_graphs``, ``engine_cache_dir``, ``correctness_gate``, ``max_items_per_request``.
+``cuda_graphs``, ``cuda_wait``, ``engine_cache_dir``, ``correctness_gate``, ``max_items_per_request``.
 
 An options class may rename old keys: ``upgrade(section) -> notes`` rewrites them in place before the check, and
 every note is logged as a deprecation warning.
@@ -21,6 +21,10 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 Precision = Literal["fp16", "bf16", "fp32"]
+# How a worker's host threads wait for its GPU (serving/device.py): auto is CUDA's own choice (spin while the
+# process has fewer active CUDA contexts than the host has cores, else yield); sleep blocks the thread on a
+# synchronization primitive until the GPU is done, leaving the core to other workers and the frontend.
+CudaWait = Literal["auto", "spin", "yield", "sleep"]
 
 
 class OptionsError(ValueError):

@@ -53,6 +53,7 @@ setup(
         "pillow",
         "pyyaml",  # undeclared dependency of torchserve 0.12.0
         "safetensors",
+        "orjson",  # workers' JSON answers (the standard library's json where an archive lands without it)
         "requests",
         "prometheus-client",  # the tools read TorchServe's metrics with its parser
         "psutil",  # the tools' process CPU and memory figures

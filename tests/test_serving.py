@@ -8,6 +8,7 @@ import json
 import pytest
 
 from tests.fake_context import FakeContext
+from torchserve_accel.serving import handler as serving_handler
 from torchserve_accel.serving.handler import ModelHandler, encode_responses
 from torchserve_accel.serving.requests import (
     MAX_MESSAGE_CHARS, RequestError, Slots, binary_parts, describe_keys, first_error, parse_json, request_payload,
@@ -112,4 +113,24 @@ def test_the_skeleton_parses_runs_and_answers_each_request_on_its_own(tmp_path):
 
 
 def test_responses_without_a_context():
-    assert encode_responses(None, [{"a": 1}, RequestError(400, "no")]) == ['{"a": 1}', '{"error": "no", "status": 400}']
+    bodies = encode_responses(None, [{"a": 1}, RequestError(400, "no")])
+    assert [json.loads(body) for body in bodies] == [{"a": 1}, {"error": "no", "status": 400}]
+
+
+@pytest.mark.parametrize("encoder", ["orjson", "json"])
+def test_both_encoders_give_the_same_json(monkeypatch, encoder):
+    """orjson where installed (setup.py asks for it), the standard library where an archive lands without it: the
+    same values, floats to the last bit, non-ASCII text included."""
+    if encoder == "json":
+        monkeypatch.setattr(serving_handler, "orjson", None)
+    elif serving_handler.orjson is None:
+        pytest.skip("orjson is not installed")
+    answer = {"predictions": [{"label": "café crème", "index": 3, "probability": 0.1 + 0.2}],
+              "embedding": [1e-05, -2.5, 3.0, 0.30000000000000004], "batch": {"batch_size": 2}}
+    body = serving_handler.to_json(answer)
+    assert isinstance(body, bytes if encoder == "orjson" else str)
+    assert json.loads(body) == answer
+    if encoder == "orjson":  # numpy values from a runner, and the NaN json.dumps would write as invalid JSON
+        import numpy as np
+        assert json.loads(serving_handler.to_json({"v": np.float32(0.5), "a": np.arange(3), "nan": float("nan")})) \
+            == {"v": 0.5, "a": [0, 1, 2], "nan": None}

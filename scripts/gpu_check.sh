@@ -21,7 +21,7 @@ for section in "${sections[@]}"; do
   case "$section" in
     tests)  python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_images.py tests/test_resnet.py \
               tests/test_resnet_handler.py tests/test_bert_handler.py tests/test_text_gpu.py tests/test_text_tensorrt.py \
-              tests/test_jpeg_corpus.py tests/test_text_fp8.py \
+              tests/test_jpeg_corpus.py tests/test_text_fp8.py tests/test_cuda_wait.py \
               2>&1 | tee "$OUT/gpu_tests.log" || status=1 ;;
     resnet) python3 benchmarks/bench_resnet.py --out "$OUT/resnet.json" 2>&1 | tee "$OUT/resnet.log" || status=1 ;;
     preprocess) python3 benchmarks/bench_preprocess.py --out "$OUT/preprocess.json" 2>&1 | tee "$OUT/preprocess.log" || status=1 ;;

@@ -20,6 +20,7 @@ from tests.fake_context import FakeContext
 from tests.test_bert_handler import TINY as TINY_BERT
 from torchserve_accel.bert.archive import make_random_checkpoint
 from torchserve_accel.resnet.archive import prepare_archive_files
+from torchserve_accel.serving import handler as serving_handler
 
 REPO = __import__("pathlib").Path(__file__).resolve().parent.parent
 
@@ -243,6 +244,36 @@ def test_tei_embeddings_normalize_per_request(embed_hf):
     assert len(unit) == 32 and abs(sum(x * x for x in unit) - 1) < 1e-4
     norm = sum(x * x for x in raw) ** 0.5
     assert abs(norm - 1) > 1e-3 and max(abs(u - r / norm) for u, r in zip(unit, raw)) < 1e-5
+
+
+@pytest.mark.parametrize("encoder", ["orjson", "json"])
+def test_embeddings_are_float32_in_every_form(checkpoints, tmp_path_factory, monkeypatch, encoder):
+    """Embedding rows reach the encoder as float32 arrays (orjson: the shortest float32 digits in the body; json,
+    without orjson: their float64 digits): native, TEI, KServe v1 and v2 give the same numbers, each one a float32
+    value, and v2 shapes them (texts, hidden)."""
+    if encoder == "json":
+        monkeypatch.setattr(serving_handler, "orjson", None)
+    elif serving_handler.orjson is None:
+        pytest.skip("orjson is not installed")
+    embed = bert(checkpoints, tmp_path_factory, "embed", pooling="mean")
+    context = FakeContext("unused")
+    context.manifest = {"model": {"modelName": "bert", "modelVersion": "2"}}
+    texts = ["one text", "another"]
+    v2 = {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [2], "data": texts}]}
+    answers, refused = handle(embed, [{"body": {"texts": texts}}, {"body": {"instances": texts}}, {"body": v2},
+                                      {"body": {"inputs": texts}}], context)
+    assert refused == {}
+    native = [r["embedding"] for r in answers[0]["results"]]
+    assert [len(row) for row in native] == [32, 32]
+    if encoder == "orjson":  # the shortest digits of each float32 value
+        assert all(float(str(np.float32(x))) == x for row in native for x in row)
+    else:  # the standard library's json writes each float32 value's float64 digits
+        assert all(float(np.float32(x)) == x for row in native for x in row)
+    assert answers[1]["predictions"] == [{"embedding": row, "truncated": False} for row in native]
+    outputs = {o["name"]: o for o in answers[2]["outputs"]}
+    assert outputs["embedding"]["shape"] == [2, 32] and outputs["embedding"]["data"] == native[0] + native[1]
+    assert outputs["truncated"]["data"] == [False, False]
+    assert [r["embedding"] for r in answers[3]["results"]] == native
 
 
 def test_hf_question_answering(qa_hf):

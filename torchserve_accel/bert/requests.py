@@ -28,6 +28,8 @@ import unicodedata
 from dataclasses import dataclass
 from typing import Any, Callable
 
+import numpy as np
+
 from torchserve_accel.bert.options import BertOptions
 from torchserve_accel.serving.protocols import (
     Tensor, V2Request, answer_v2, bytes_tensor, element_text, is_v1, is_v2, output, protocol_body, v2_response,
@@ -162,7 +164,7 @@ class TextInput:
 class Encoded:
     """One text's output row (class probabilities or embedding) and whether it was cut to max_length tokens."""
 
-    row: list[float]
+    row: list[float] | np.ndarray  # embed: a float32 row
     truncated: bool
 
 

@@ -112,4 +112,11 @@ def encode_responses(context: Any, answers: Sequence[Any]) -> list[bytes | str]:
 def to_json(answer: Any) -> bytes | str:
     if orjson is not None:
         return orjson.dumps(answer, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS)
-    return json.dumps(answer)
+    return json.dumps(answer, default=_plain)
+
+
+def _plain(value: Any) -> Any:
+    """numpy arrays and scalars (BERT's embedding rows) for the standard library's json."""
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")

@@ -28,6 +28,8 @@ import json
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
+import numpy as np
+
 from torchserve_accel.serving.requests import Job, Request, RequestError
 
 V2_DATATYPES = {"BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64", "FP16", "FP32",
@@ -170,8 +172,12 @@ def v2_response(request: V2Request, model: tuple[str, str], outputs: Sequence[di
 
 
 def output(name: str, datatype: str, rows: Sequence) -> dict:
-    """A v2 output tensor from rows (a list, or a list of equal-length lists): shape from the nesting."""
+    """A v2 output tensor from rows (a list, or a list of equal-length lists or numpy rows): shape from the
+    nesting."""
     rows = list(rows)
+    if rows and isinstance(rows[0], np.ndarray):
+        stacked = np.stack(rows)
+        return {"name": name, "datatype": datatype, "shape": list(stacked.shape), "data": stacked.reshape(-1)}
     if rows and isinstance(rows[0], (list, tuple)):
         width = len(rows[0])
         return {"name": name, "datatype": datatype, "shape": [len(rows), width],

@@ -94,7 +94,7 @@ class BertRunner:
             wanted = torch.tensor([t.normalize for t in texts])[:, None]
             rows = torch.where(wanted, torch.nn.functional.normalize(rows, dim=-1), rows)
         # Embeddings stay float32 numpy rows (C-contiguous, as orjson requires): orjson writes their shortest
-        # float32 digits, ~40% fewer bytes and less CPU than Python floats (benchmarks/NOTES.md).
+        # float32 digits, fewer bytes and less CPU than Python floats (benchmarks/NOTES.md).
         rows = list(rows.float().contiguous().cpu().numpy()) if self.options.task == "embed" else rows.tolist()
         timings["decode"] = timings.get("decode", 0.0) + t1 - t0
         timings["compute"] = timings.get("compute", 0.0) + time.perf_counter() - t1
